@@ -1,0 +1,140 @@
+/*
+ * Internal interfaces of librecsync: allocation, error reporting, the
+ * envelope, hex helpers and the store's own structure. Not API: the CLI must
+ * not include this; the server, tests and fuzzers may.
+ */
+#ifndef RS_INTERNAL_H
+#define RS_INTERNAL_H
+
+#include "recsync.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <sqlite3.h>
+
+#if defined(__GNUC__)
+#define RS_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define RS_PRINTF(a, b)
+#endif
+
+/*
+ * Allocation goes through here so a test can make the Nth allocation fail
+ * (rs__alloc_fail_at). Memory from these is freed with rs_free.
+ */
+void *rs__malloc(size_t size);
+void *rs__calloc(size_t count, size_t size);
+void *rs__realloc(void *ptr, size_t size);
+char *rs__strdup(const char *s);
+char *rs__strndup(const char *s, size_t n);
+/* Fail the allocation `n` calls from now (1 = the next); 0 disables. */
+void rs__alloc_fail_at(unsigned long n);
+
+/*
+ * Sets this thread's message and returns `code`, so a failure reads
+ * `return rs__error(RS_EINVAL, "tag %s is not valid", tag);`.
+ */
+int rs__error(int code, const char *fmt, ...) RS_PRINTF(2, 3);
+int rs__verror(int code, const char *fmt, va_list ap);
+
+/*
+ * Maps a SQLite failure on `db` to an RS code with a message naming `what`
+ * (disk full and I/O errors become RS_EIO, locked/busy RS_EBUSY).
+ */
+int rs__sqlite_error(sqlite3 *db, int rc, const char *what);
+
+/* Lowercase hex of `len` bytes into out[2 * len + 1]. */
+void rs__hex(char *out, const uint8_t *bytes, size_t len);
+int rs__unhex(uint8_t *out, size_t len, const char *text);
+
+/*
+ * The envelope. Layout (all integers big-endian):
+ *
+ *   magic "RSE1" | key id (8) | wrap nonce (24) | wrapped CEK (32 + 16)
+ *   | payload nonce (24) | ciphertext (payload length + 16)
+ *
+ * The CEK is a fresh random key per record; it is sealed under the master
+ * key and the payload under the CEK, both with XChaCha20-Poly1305 and the
+ * record header (id, host, tag, idx, hlc, version) as associated data. Key
+ * rotation reseals only the wrapped CEK.
+ */
+#define RS_KEY_BYTES 32
+#define RS_KEY_ID_BYTES 8
+#define RS_ENVELOPE_MAGIC "RSE1"
+#define RS_ENVELOPE_OVERHEAD (4 + 8 + 24 + 32 + 16 + 24 + 16)
+
+typedef struct rs_key {
+    uint8_t *bytes; /* RS_KEY_BYTES in sodium_malloc memory */
+    uint8_t id[RS_KEY_ID_BYTES];
+} rs_key;
+
+int rs__key_new(rs_key **out);
+int rs__key_from_bytes(rs_key **out, const uint8_t *bytes);
+/* Text form "rsk1:" + base64url(key || 4-byte checksum). */
+int rs__key_from_text(rs_key **out, const char *text);
+int rs__key_to_text(char **out, const rs_key *key);
+void rs__key_free(rs_key *key);
+void rs__key_id_hex(char *out, const uint8_t *id);
+
+/* Length of the envelope for a payload of `len` bytes. */
+static inline size_t rs__envelope_len(size_t len)
+{
+    return len + RS_ENVELOPE_OVERHEAD;
+}
+
+/*
+ * Seals `plain` for the record header in `rec` (its data fields are
+ * ignored) into out[rs__envelope_len(len)].
+ */
+int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_t *plain,
+             size_t len);
+
+/*
+ * Opens rec->data into out[rec->data_len - RS_ENVELOPE_OVERHEAD] (may be
+ * NULL to only authenticate). RS_EKEY naming both key ids when sealed
+ * under another key, RS_ECRYPTO naming the record when it does not open.
+ */
+int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *rec);
+
+/* The key id an envelope names, without opening it. RS_ECRYPTO if malformed. */
+int rs__envelope_key_id(uint8_t *out, const uint8_t *data, size_t len);
+
+/* "0190...-.../kv" naming a shard, and "record <id> (<host>/<tag> idx N)". */
+void rs__shard_name(char *out, size_t size, const rs_uuid *host, const char *tag);
+void rs__record_name(char *out, size_t size, const rs_record *rec);
+
+/* A registered tag (a copy of the caller's definition). */
+typedef struct rs_tag_entry {
+    char tag[RS_TAG_MAX + 1];
+    rs_tag_def def;
+} rs_tag_entry;
+
+struct rs_store {
+    sqlite3 *db;
+    char *dir;
+    rs_uuid host;
+    rs_key *key;
+    rs_hlc_clock clock;
+    rs_hlc clock_saved; /* the value last written to meta */
+    rs_store_opts opts;
+    int explicit_txn; /* inside rs_store_begin ... commit */
+    rs_tag_entry *tags;
+    size_t tag_count;
+    rs_warning_cb warn;
+    void *warn_payload;
+    /* prepared statements, made once at open */
+    sqlite3_stmt *st_insert;
+    sqlite3_stmt *st_shard_get;
+    sqlite3_stmt *st_shard_put;
+    sqlite3_stmt *st_at_idx;
+    sqlite3_stmt *st_meta_get;
+    sqlite3_stmt *st_meta_put;
+};
+
+/* Runs `sql` (no results) on the store's database, naming `what` on failure. */
+int rs__exec(rs_store *store, const char *sql, const char *what);
+
+/* Emits a warning through the store's warning callback (stderr when none). */
+void rs__warn(rs_store *store, const char *fmt, ...) RS_PRINTF(2, 3);
+
+#endif
