@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs every test recsync has:
+#   1. installs missing Debian packages (scripts/deps.sh),
+#   2. builds with -Wall -Wextra -Werror under AddressSanitizer + UBSan,
+#   3. runs the CTest suite: unit tests (cmocka) and integration tests that
+#      start the real recsyncd on loopback (SQLite, and PostgreSQL in a
+#      temporary directory when its binaries are installed),
+#   4. runs the unit tests under valgrind in a plain build,
+#   5. builds the libFuzzer targets with clang and runs each briefly.
+# Environment: BUILD_ROOT (default ./build), SKIP_VALGRIND=1, SKIP_FUZZ=1,
+# FUZZ_SECONDS (default 20), CTEST_ARGS (extra ctest arguments).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+scripts/deps.sh
+
+build=${BUILD_ROOT:-$root/build}
+jobs=$(nproc)
+
+echo "== build: -Werror, ASan + UBSan =="
+cmake -S . -B "$build/asan" -DCMAKE_BUILD_TYPE=Debug -DRS_SANITIZE=ON -DRS_WERROR=ON >/dev/null
+cmake --build "$build/asan" -j"$jobs"
+
+echo "== tests under ASan + UBSan =="
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# shellcheck disable=SC2086
+ctest --test-dir "$build/asan" --output-on-failure -j2 ${CTEST_ARGS:-}
+
+if [ "${SKIP_VALGRIND:-0}" != 1 ]; then
+    echo "== unit tests under valgrind =="
+    cmake -S . -B "$build/plain" -DCMAKE_BUILD_TYPE=Debug -DRS_WERROR=ON >/dev/null
+    cmake --build "$build/plain" -j"$jobs"
+    count=0
+    for t in "$build"/plain/tests/test_*; do
+        [ -x "$t" ] || continue
+        valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+            "$t" >"$t.valgrind.log" 2>&1 || {
+            echo "valgrind found errors in $(basename "$t"):" >&2
+            tail -60 "$t.valgrind.log" >&2
+            exit 1
+        }
+        count=$((count + 1))
+    done
+    echo "valgrind: $count unit test programs clean"
+fi
+
+if [ "${SKIP_FUZZ:-0}" != 1 ] && [ -d fuzz ] && [ -f fuzz/CMakeLists.txt ]; then
+    echo "== fuzz targets (libFuzzer), ${FUZZ_SECONDS:-20}s each =="
+    CC=clang cmake -S . -B "$build/fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRS_FUZZ=ON \
+        -DBUILD_TESTING=OFF >/dev/null
+    cmake --build "$build/fuzz" -j"$jobs"
+    for target in "$build"/fuzz/fuzz/fuzz_*; do
+        [ -x "$target" ] || continue
+        name=$(basename "$target")
+        corpus="$build/fuzz/corpus-$name"
+        mkdir -p "$corpus"
+        seeds="$root/fuzz/seeds/${name#fuzz_}"
+        "$target" -max_total_time="${FUZZ_SECONDS:-20}" -timeout=10 -rss_limit_mb=1024 \
+            "$corpus" $( [ -d "$seeds" ] && echo "$seeds" ) >"$build/fuzz/$name.log" 2>&1 || {
+            echo "fuzz target $name failed:" >&2
+            tail -50 "$build/fuzz/$name.log" >&2
+            exit 1
+        }
+        echo "$name: $(grep -E '^#[0-9]+.*(DONE|pulse)' "$build/fuzz/$name.log" | tail -1)"
+    done
+fi
+echo "== all tests passed =="
