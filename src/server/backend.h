@@ -1,0 +1,245 @@
+/*
+ * recsyncd's storage interface. A backend is a table of functions over one
+ * database; recsyncd's HTTP layer knows nothing else about storage. SQLite
+ * (backends/sqlite.c) is the embedded default; PostgreSQL
+ * (backends/postgres.c) is a second implementation of the same table, with
+ * several recsyncd processes on one database.
+ *
+ * Rules every implementation keeps:
+ *
+ * - Every call is thread-safe: recsyncd calls from its HTTP threads and its
+ *   retention thread at once. A backend keeps its own pool of connections.
+ * - Everything is keyed by user (the user id comes first in every key), so
+ *   records, shards, events and acks can be distributed by user. Users and
+ *   devices are small global tables (a name and a host id are unique across
+ *   users).
+ * - seq is per user: a counter kept in the user's row, read and advanced
+ *   inside the write transaction that stores records, so seq order is
+ *   commit order for that user and a subscriber that has seen seq N has
+ *   seen every seq below N (the row lock, or SQLite's single writer, holds
+ *   later writers until the earlier commits). One seq per stored record;
+ *   one event per shard touched by a batch, carrying the last seq it took.
+ * - After a batch commits, the backend calls opts.notify(user, seq) (from
+ *   whichever thread learns of it: the writer for SQLite, a LISTEN thread
+ *   for PostgreSQL, so writes made by other processes are heard too).
+ * - Failures return a negative RS_E* code with rs__error's message naming
+ *   what failed. RS_EUNAVAIL (database unreachable) and RS_EBUSY (locked
+ *   past the timeout) become 503; RS_EIO is storage failing (503 too).
+ *   Validation is recsyncd's job: a backend may assume well-formed input
+ *   (valid tags, hosts, sizes) but not contiguity or ownership of idx,
+ *   which only the write transaction can decide.
+ */
+#ifndef RS_SERVER_BACKEND_H
+#define RS_SERVER_BACKEND_H
+
+#include "wire.h"
+
+#include <sodium.h>
+#include <stdint.h>
+
+/* Server-local error codes, beyond the library's range. */
+#define RS_EFORBIDDEN (-1001) /* authenticated but not allowed: another device's shard or host */
+
+#define RS_TOKEN_ID_BYTES 16
+#define RS_TOKEN_HASH_BYTES 32
+
+typedef struct rs_backend rs_backend;
+
+/* Told after a batch of `user` committed; `seq` is the user's seq after it. */
+typedef void (*rs_backend_notify_fn)(int64_t user, uint64_t seq, void *payload);
+
+typedef struct rs_backend_opts {
+    int busy_timeout_ms; /* 0: 5000 */
+    int max_connections; /* pool bound; 0: 64 */
+    int sync_full;       /* SQLite: synchronous=FULL instead of NORMAL */
+    rs_backend_notify_fn notify;
+    void *notify_payload;
+} rs_backend_opts;
+
+/* A user found by name, for login. */
+typedef struct rs_account {
+    int64_t user;
+    char pwhash[crypto_pwhash_STRBYTES]; /* crypto_pwhash_str text */
+} rs_account;
+
+/* The device a token id belongs to. recsyncd compares token_hash itself. */
+typedef struct rs_device {
+    int64_t user;
+    rs_uuid host;
+    uint8_t token_hash[RS_TOKEN_HASH_BYTES];
+    char username[RS_WIRE_USERNAME_MAX + 1];
+} rs_device;
+
+/* A new device token: a public id (the lookup key) and the hash of its secret. */
+typedef struct rs_token {
+    uint8_t id[RS_TOKEN_ID_BYTES];
+    uint8_t hash[RS_TOKEN_HASH_BYTES];
+} rs_token;
+
+typedef struct rs_insert_opts {
+    /* Test hook (recsyncd --test-hooks): hold the write transaction open this
+     * long after the records are written, before commit. */
+    unsigned stall_ms;
+} rs_insert_opts;
+
+typedef struct rs_insert_result {
+    uint64_t accepted; /* records of the batch now stored (new or already identical) */
+    uint64_t inserted; /* of which new */
+    uint64_t bytes;    /* envelope bytes of the new records */
+    uint64_t seq;      /* the user's seq after the batch: the last seq taken, if any */
+} rs_insert_result;
+
+typedef struct rs_page_result {
+    uint64_t count;
+    int has_next;  /* records at or after `next` exist */
+    uint64_t next; /* the idx after the last one handed out */
+} rs_page_result;
+
+/*
+ * A page callback: returns 0 to take the record and continue, > 0 when the
+ * page is full (this record is not taken: the page ends before it), < 0 to
+ * abort with that code.
+ */
+typedef int (*rs_page_cb)(const rs_record *record, void *payload);
+
+/* An events callback: 0 to continue, < 0 to abort with that code. */
+typedef int (*rs_event_cb)(const rs_wire_event *event, void *payload);
+
+typedef struct rs_retention {
+    uint64_t keep_events;  /* per user, the newest N events; 0: no count bound */
+    uint64_t keep_seconds; /* events younger than this; 0: no age bound */
+    uint64_t batch;        /* at most this many deletions per transaction; 0: 10000 */
+} rs_retention;
+
+typedef struct rs_retention_stats {
+    uint64_t events_pruned;
+    uint64_t users_pruned; /* users whose floor moved */
+} rs_retention_stats;
+
+typedef struct rs_backend_stats {
+    uint64_t users;
+    uint64_t devices;
+    uint64_t shards;
+    uint64_t records;
+    uint64_t bytes;  /* envelope bytes stored */
+    uint64_t events; /* events retained */
+} rs_backend_stats;
+
+typedef struct rs_backend_ops {
+    const char *name; /* "sqlite", "postgres" */
+
+    /* Closes every connection and frees the backend. Accepts NULL. */
+    void (*close)(rs_backend *b);
+
+    /* 0 when the database answers (healthz). */
+    int (*ping)(rs_backend *b);
+
+    /*
+     * Creates user `username` with password hash `pwhash` and binds device
+     * `host` to it with `token`, in one transaction. RS_EEXISTS if the name
+     * is taken; RS_EFORBIDDEN if the host is bound to another user (nothing
+     * is created then). *out receives the new user id.
+     */
+    int (*user_create)(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
+                       const rs_uuid *host, const rs_token *token);
+
+    /* The user named `username`. RS_ENOTFOUND if none. */
+    int (*user_lookup)(rs_backend *b, rs_account *out, const char *username);
+
+    /*
+     * Binds device `host` to `user` with a new `token`, replacing the
+     * device's previous token (one token per device). RS_EFORBIDDEN if the
+     * host is bound to another user.
+     */
+    int (*device_bind)(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token);
+
+    /* The device whose token has id `token_id`. RS_ENOTFOUND if none. */
+    int (*token_lookup)(rs_backend *b, rs_device *out, const uint8_t *token_id);
+
+    /*
+     * The user's shards (any order) appended to `out` with rs_index_add, and
+     * out->seq set to the user's seq, read in one snapshot: no batch is in
+     * the seq but missing from the shards, or the reverse.
+     */
+    int (*index)(rs_backend *b, rs_index *out, int64_t user);
+
+    /*
+     * Stores a batch for `user`, all or nothing, in one write transaction:
+     * records in order; each one's idx must be its shard's current end
+     * (then it is stored and takes the next seq) or below it with an
+     * identical record already there (id, hlc, version, data; then it is
+     * skipped). RS_EHOLE names the shard and the expected idx; RS_ECONFLICT
+     * names host, tag and idx ("shard <host>/<tag> already has a different
+     * record at idx N"). One event per run of new records of one shard.
+     * Notifies after commit when anything was inserted. Records' hosts are
+     * already checked to be the uploading device's.
+     */
+    int (*insert)(rs_backend *b, rs_insert_result *out, int64_t user, const rs_record *records,
+                  size_t count, const rs_insert_opts *opts);
+
+    /*
+     * Hands `cb` the records of shard (host, tag) of `user` from idx `start`
+     * in idx order, at most `limit`, ending before the record for which cb
+     * returns > 0; read in one snapshot with the shard's end, which sets
+     * out->has_next and out->next (the idx after the last record taken).
+     * An unknown shard, or start at or past the end, gives no records and
+     * has_next 0. record->data is valid only during the callback.
+     */
+    int (*read_page)(rs_backend *b, rs_page_result *out, int64_t user, const rs_uuid *host,
+                     const char *tag, uint64_t start, size_t limit, rs_page_cb cb, void *payload);
+
+    /* The user's seq and floor (events with seq <= floor have been pruned). */
+    int (*seq)(rs_backend *b, uint64_t *out_seq, uint64_t *out_floor, int64_t user);
+
+    /*
+     * Hands `cb` the user's events with seq > after, in seq order, at most
+     * `limit`. RS_EGONE when after < floor (some are pruned) or after > the
+     * user's seq (a cursor this database never gave): resync.
+     */
+    int (*events)(rs_backend *b, int64_t user, uint64_t after, size_t limit, rs_event_cb cb,
+                  void *payload);
+
+    /*
+     * Records device `device`'s applied frontier (shard -> end, in the
+     * shards' `end`), replacing what it acked before for those shards.
+     */
+    int (*ack_put)(rs_backend *b, int64_t user, const rs_uuid *device, const rs_index *frontier);
+
+    /*
+     * For each shard of the user, the end every device of the user has
+     * passed (a device that never acked a shard holds it at 0), appended to
+     * `out`; *out_devices is the number of devices counted.
+     */
+    int (*ack_floor)(rs_backend *b, rs_index *out, uint64_t *out_devices, int64_t user);
+
+    /*
+     * One retention pass: drops events beyond `policy` as a prefix of each
+     * user's events (oldest first) and raises the user's floor to the last
+     * dropped seq. Never called from a request.
+     */
+    int (*retain)(rs_backend *b, rs_retention_stats *out, const rs_retention *policy);
+
+    /* Totals for /metrics, without scanning records. */
+    int (*stats)(rs_backend *b, rs_backend_stats *out);
+} rs_backend_ops;
+
+/* Every backend's handle starts with this; implementations embed it first. */
+struct rs_backend {
+    const rs_backend_ops *ops;
+    rs_backend_opts opts;
+};
+
+/*
+ * Opens the backend `db` names: "postgres://..." or "postgresql://..." for
+ * PostgreSQL (when built with it), anything else a SQLite file path
+ * (created if missing, schema migrated to the current version). `opts` may
+ * be NULL.
+ */
+int rs_backend_open(rs_backend **out, const char *db, const rs_backend_opts *opts);
+
+int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_opts *opts);
+#ifdef RS_HAVE_POSTGRES
+int rs_backend_postgres_open(rs_backend **out, const char *conninfo, const rs_backend_opts *opts);
+#endif
+
+#endif

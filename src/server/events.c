@@ -1,0 +1,356 @@
+/*
+ * Live events: Server-Sent Events streams per user, and the retention
+ * thread that prunes old events.
+ *
+ * Streams run on MHD's thread pool with suspend/resume rather than a
+ * thread per connection: a stream with nothing to send suspends its
+ * connection, and is resumed when the backend notifies a commit for its
+ * user (rs_events_notify, from the writer's thread: the lowest latency) or
+ * when its heartbeat is due (the hub thread). Events are read from the
+ * database by seq cursor every time, never from an in-memory queue, so a
+ * subscriber that connects, lags or reconnects sees every event once, in
+ * seq order, and a slow consumer costs no memory: it is only fed as the
+ * socket drains, and MHD's connection timeout closes one that stops
+ * reading.
+ *
+ * The hub lock orders suspend against resume: a stream suspends only with
+ * the lock held and after checking no notify arrived (the dirty flag), and
+ * notify resumes only streams marked suspended, under the same lock. MHD
+ * forbids resuming a connection that is not suspended and stopping the
+ * daemon with suspended connections; rs_events_stop resumes them all and
+ * bars new suspends first.
+ */
+#include "server.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define EVENTS_PER_QUERY 256
+#define STREAM_BLOCK 16384
+
+typedef struct subscriber {
+    struct subscriber *prev, *next;
+    struct MHD_Connection *conn;
+    int64_t user;
+    uint64_t last;         /* seq of the last event sent */
+    uint64_t next_beat_ms; /* when a heartbeat is due */
+    int dirty;             /* a commit was notified since the last query */
+    int suspended;
+    int ended;
+    size_t fetched; /* events added by the current query */
+    rs_buf out;
+    size_t out_pos;
+} subscriber;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    subscriber *head;
+    int stopping;
+    int started;
+    pthread_t hub_thread;
+    pthread_t retention_thread;
+} hub = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .cond = PTHREAD_COND_INITIALIZER,
+};
+
+static uint64_t mono_ms(void)
+{
+    return rs_monotonic_ns() / 1000000u;
+}
+
+/* Resumes `s` if suspended. Hub lock held. */
+static void wake(subscriber *s)
+{
+    if (s->suspended) {
+        s->suspended = 0;
+        MHD_resume_connection(s->conn);
+    }
+}
+
+void rs_events_notify(int64_t user, uint64_t seq, void *payload)
+{
+    pthread_mutex_lock(&hub.lock);
+    for (subscriber *s = hub.head; s; s = s->next) {
+        if (s->user == user && seq > s->last) {
+            s->dirty = 1;
+            wake(s);
+        }
+    }
+    pthread_mutex_unlock(&hub.lock);
+}
+
+static int add_event(const rs_wire_event *ev, void *payload)
+{
+    subscriber *s = payload;
+    int err;
+    if ((err = rs_buf_printf(
+             &s->out, "id: %llu\nevent: records\ndata: ", (unsigned long long)ev->seq)) < 0 ||
+        (err = rs_wire_event_encode(&s->out, ev)) < 0 || (err = rs_buf_puts(&s->out, "\n\n")) < 0)
+        return err;
+    s->last = ev->seq;
+    s->fetched++;
+    atomic_fetch_add_explicit(&rs_stats.events_sent, 1, memory_order_relaxed);
+    return 0;
+}
+
+/*
+ * Fills s->out with the events after s->last (repeating while queries come
+ * back full). On a pruned cursor, queues an `error` event and ends the
+ * stream; the client reconnects and gets 410.
+ */
+static int fetch(subscriber *s)
+{
+    for (;;) {
+        uint64_t before = s->last;
+        size_t len = s->out.len;
+        s->fetched = 0;
+        int err = rs_srv.backend->ops->events(rs_srv.backend, s->user, s->last, EVENTS_PER_QUERY,
+                                              add_event, s);
+        if (err == RS_EGONE) {
+            atomic_fetch_add(&rs_stats.streams_gone, 1);
+            s->out.len = len;
+            s->last = before;
+            if (rs_buf_puts(&s->out, "event: error\ndata: ") < 0 ||
+                rs_wire_error_encode(&s->out, "resync_required", rs_error_last()) < 0 ||
+                rs_buf_puts(&s->out, "\n\n") < 0)
+                return RS_ENOMEM;
+            s->ended = 1;
+            return 0;
+        }
+        if (err < 0) {
+            s->out.len = len;
+            s->last = before;
+            return err;
+        }
+        if (s->fetched < EVENTS_PER_QUERY)
+            return 0;
+    }
+}
+
+/*
+ * MHD's content reader for a stream: sends what is buffered, else events
+ * past the cursor, else a heartbeat when due, else suspends.
+ */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    subscriber *s = cls;
+    for (;;) {
+        if (s->out_pos < s->out.len) {
+            size_t n = s->out.len - s->out_pos;
+            if (n > max)
+                n = max;
+            memcpy(buf, s->out.ptr + s->out_pos, n);
+            s->out_pos += n;
+            if (s->out_pos == s->out.len) {
+                rs_buf_clear(&s->out);
+                s->out_pos = 0;
+                if (s->out.cap > (1u << 20))
+                    rs_buf_free(&s->out);
+            }
+            s->next_beat_ms = mono_ms() + rs_srv.cfg.heartbeat_ms;
+            return (ssize_t)n;
+        }
+        if (s->ended)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+
+        pthread_mutex_lock(&hub.lock);
+        int stopping = hub.stopping, dirty = s->dirty;
+        s->dirty = 0;
+        pthread_mutex_unlock(&hub.lock);
+        if (stopping)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (dirty) {
+            if (fetch(s) < 0) {
+                fprintf(stderr, "recsyncd: ending a stream: %s\n", rs_error_last());
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            if (s->out.len > 0)
+                continue;
+        }
+        if (mono_ms() >= s->next_beat_ms) {
+            atomic_fetch_add_explicit(&rs_stats.heartbeats_sent, 1, memory_order_relaxed);
+            if (rs_buf_puts(&s->out, ":\n\n") < 0)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            continue;
+        }
+
+        pthread_mutex_lock(&hub.lock);
+        if (!s->dirty && !hub.stopping) {
+            s->suspended = 1;
+            MHD_suspend_connection(s->conn);
+            pthread_mutex_unlock(&hub.lock);
+            return 0;
+        }
+        pthread_mutex_unlock(&hub.lock);
+    }
+}
+
+static void stream_free(void *cls)
+{
+    subscriber *s = cls;
+    pthread_mutex_lock(&hub.lock);
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (hub.head == s)
+        hub.head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    pthread_mutex_unlock(&hub.lock);
+    atomic_fetch_sub(&rs_stats.subscribers, 1);
+    rs_buf_free(&s->out);
+    rs_free(s);
+}
+
+int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *dev, int has_after,
+                   uint64_t after)
+{
+    uint64_t seq, floor;
+    int err = rs_srv.backend->ops->seq(rs_srv.backend, &seq, &floor, dev->user);
+    if (err < 0)
+        return err;
+    if (!has_after) {
+        after = seq;
+    } else if (after < floor || after > seq) {
+        atomic_fetch_add(&rs_stats.streams_gone, 1);
+        return rs__error(RS_EGONE,
+                         "event cursor %llu is outside what the server keeps (%llu to %llu): "
+                         "resync by index and resume from a fresh resume_point",
+                         (unsigned long long)after, (unsigned long long)floor,
+                         (unsigned long long)seq);
+    }
+    subscriber *s = rs__calloc(1, sizeof(*s));
+    if (s == NULL)
+        return rs__error(RS_ENOMEM, "out of memory for an event stream");
+    s->conn = conn;
+    s->user = dev->user;
+    s->last = after;
+    s->dirty = 1;
+    s->next_beat_ms = mono_ms() + rs_srv.cfg.heartbeat_ms;
+    if ((err = rs_buf_printf(&s->out, "retry: 1000\n: stream after %llu\n\n",
+                             (unsigned long long)after)) < 0) {
+        rs_free(s);
+        return err;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                                  stream_read, s, stream_free);
+    if (resp == NULL) {
+        rs_buf_free(&s->out);
+        rs_free(s);
+        return rs__error(RS_ENOMEM, "cannot create an event stream response");
+    }
+    atomic_fetch_add(&rs_stats.subscribers, 1); /* stream_free takes it back */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+
+    pthread_mutex_lock(&hub.lock);
+    if (hub.stopping) {
+        pthread_mutex_unlock(&hub.lock);
+        MHD_destroy_response(resp); /* frees s through stream_free */
+        return rs__error(RS_EUNAVAIL, "the server is shutting down");
+    }
+    s->next = hub.head;
+    if (hub.head)
+        hub.head->prev = s;
+    hub.head = s;
+    pthread_mutex_unlock(&hub.lock);
+    atomic_fetch_add(&rs_stats.streams_opened, 1);
+    out->status = 200;
+    out->response = resp;
+    return 0;
+}
+
+/* Wakes streams whose heartbeat is due. */
+static void *hub_main(void *arg)
+{
+    unsigned tick = rs_srv.cfg.heartbeat_ms / 4;
+    if (tick < 10)
+        tick = 10;
+    if (tick > 1000)
+        tick = 1000;
+    pthread_mutex_lock(&hub.lock);
+    while (!hub.stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)(tick % 1000) * 1000000L;
+        ts.tv_sec += tick / 1000 + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&hub.cond, &hub.lock, &ts);
+        uint64_t now = mono_ms();
+        for (subscriber *s = hub.head; s; s = s->next)
+            if (s->suspended && now >= s->next_beat_ms)
+                wake(s);
+    }
+    pthread_mutex_unlock(&hub.lock);
+    return NULL;
+}
+
+/* Runs retention every interval until stopped; never inside a request. */
+static void *retention_main(void *arg)
+{
+    pthread_mutex_lock(&hub.lock);
+    while (!hub.stopping) {
+        struct timespec ts;
+        unsigned ms = rs_srv.cfg.retention_interval_ms;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&hub.cond, &hub.lock, &ts);
+        if (hub.stopping)
+            break;
+        pthread_mutex_unlock(&hub.lock);
+        rs_retention_stats st;
+        int err = rs_srv.backend->ops->retain(rs_srv.backend, &st, &rs_srv.cfg.retention);
+        atomic_fetch_add(&rs_stats.retention_runs, 1);
+        if (err < 0) {
+            atomic_fetch_add(&rs_stats.retention_errors, 1);
+            fprintf(stderr, "recsyncd: retention: %s\n", rs_error_last());
+        } else {
+            atomic_fetch_add(&rs_stats.events_pruned, st.events_pruned);
+            atomic_store(&rs_stats.retention_last_ms, rs_now_ms());
+        }
+        pthread_mutex_lock(&hub.lock);
+    }
+    pthread_mutex_unlock(&hub.lock);
+    return NULL;
+}
+
+int rs_events_start(void)
+{
+    if (pthread_create(&hub.hub_thread, NULL, hub_main, NULL) != 0)
+        return rs__error(RS_ERROR, "cannot start the event hub thread");
+    if (rs_srv.cfg.retention.keep_events || rs_srv.cfg.retention.keep_seconds) {
+        if (pthread_create(&hub.retention_thread, NULL, retention_main, NULL) != 0) {
+            rs_events_stop();
+            rs_events_join();
+            return rs__error(RS_ERROR, "cannot start the retention thread");
+        }
+        hub.started |= 2;
+    }
+    hub.started |= 1;
+    return 0;
+}
+
+void rs_events_stop(void)
+{
+    pthread_mutex_lock(&hub.lock);
+    hub.stopping = 1;
+    for (subscriber *s = hub.head; s; s = s->next)
+        wake(s);
+    pthread_cond_broadcast(&hub.cond);
+    pthread_mutex_unlock(&hub.lock);
+}
+
+void rs_events_join(void)
+{
+    if (hub.started & 1)
+        pthread_join(hub.hub_thread, NULL);
+    if (hub.started & 2)
+        pthread_join(hub.retention_thread, NULL);
+    hub.started = 0;
+}

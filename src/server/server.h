@@ -1,0 +1,166 @@
+/*
+ * recsyncd internals shared by its modules: configuration, the HTTP reply
+ * every route fills in, authentication, live events and metrics.
+ */
+#ifndef RS_SERVER_H
+#define RS_SERVER_H
+
+#include "backend.h"
+
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+/* Server-local error codes (see backend.h for RS_EFORBIDDEN). */
+#define RS_ETHROTTLED (-1002) /* too many failed logins: wait (429) */
+#define RS_EMETHOD (-1003)    /* the route exists, the method does not (405) */
+#define RS_EBODY (-1004)      /* request body over --body-max (413) */
+
+typedef struct rs_config {
+    const char *db;
+    const char *listen;
+    unsigned threads;
+    unsigned heartbeat_ms;
+    rs_retention retention;
+    unsigned retention_interval_ms;
+    size_t page_default;
+    size_t page_max;
+    size_t page_bytes;
+    size_t body_max;
+    size_t max_payload;
+    unsigned login_delay_ms;
+    unsigned connection_timeout_s;
+    bool argon2_fast;
+    bool test_hooks;
+    bool sync_full;
+} rs_config;
+
+/* The running server: one per process. */
+typedef struct rs_server {
+    rs_config cfg;
+    rs_backend *backend;
+    struct MHD_Daemon *daemon;
+} rs_server;
+
+extern rs_server rs_srv;
+
+/*
+ * What a route answers. Routes fill status and body (JSON unless
+ * content_type says otherwise), or a prebuilt MHD response (the event
+ * stream); on failure they return a negative code instead and the one error
+ * table (http.c) picks status and error code.
+ */
+typedef struct rs_reply {
+    unsigned status;
+    rs_buf body;
+    const char *content_type;
+    struct MHD_Response *response;
+    unsigned retry_after_s; /* 429: Retry-After */
+    const char *allow;      /* 405: Allow */
+} rs_reply;
+
+/* Metrics route labels. */
+typedef enum rs_route {
+    ROUTE_REGISTER,
+    ROUTE_LOGIN,
+    ROUTE_INDEX,
+    ROUTE_RECORDS_POST,
+    ROUTE_RECORDS_GET,
+    ROUTE_BOOT,
+    ROUTE_EVENTS,
+    ROUTE_ACKS_POST,
+    ROUTE_ACKS_GET,
+    ROUTE_HEALTHZ,
+    ROUTE_METRICS,
+    ROUTE_OTHER,
+    ROUTE_COUNT
+} rs_route;
+
+/* ---- http.c ---- */
+
+/* The access handler and completion callback given to MHD. */
+enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const char *url,
+                               const char *method, const char *version, const char *upload_data,
+                               size_t *upload_data_size, void **con_cls);
+void rs_http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                       enum MHD_RequestTerminationCode toe);
+
+/* ---- routes.c ---- */
+
+int rs_route_register(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len);
+int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len);
+int rs_route_index(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_records_post(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len);
+int rs_route_records_get(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_boot(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_events(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_acks_post(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len);
+int rs_route_acks_get(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_healthz(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_metrics(rs_reply *out, struct MHD_Connection *conn);
+
+/* ---- auth.c ---- */
+
+int rs_auth_init(void);
+void rs_auth_shutdown(void);
+
+/* The device whose `Authorization: Token <token>` the request carries; RS_EAUTH otherwise. */
+int rs_auth_device(rs_device *out, struct MHD_Connection *conn);
+
+/* A new token: its text (RS_TOKEN_TEXT_LEN hex digits) and what the backend stores. */
+#define RS_TOKEN_TEXT_LEN (2 * (RS_TOKEN_ID_BYTES + 32))
+void rs_auth_new_token(char *text, rs_token *token);
+
+/* argon2id hash of `password` into out[crypto_pwhash_STRBYTES]. */
+int rs_auth_hash_password(char *out, const char *password);
+
+/*
+ * Verifies `password` for `username` (account NULL: unknown user, still
+ * spending the time a verification takes), with failed attempts slowed per
+ * user and per client address. RS_ETHROTTLED with *retry_after_s set when
+ * the caller must wait; RS_EAUTH for a wrong name or password.
+ */
+int rs_auth_login(const rs_account *account, const char *username, const char *password,
+                  struct MHD_Connection *conn, unsigned *retry_after_s);
+
+/* ---- events.c ---- */
+
+int rs_events_start(void);
+/* Ends every stream and stops the background threads (before MHD_stop_daemon). */
+void rs_events_stop(void);
+void rs_events_join(void);
+/* The backend's notify callback. */
+void rs_events_notify(int64_t user, uint64_t seq, void *payload);
+/* Opens a stream for `dev` after seq `after` (the user's seq when has_after is false). */
+int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *dev, int has_after,
+                   uint64_t after);
+
+/* ---- metrics.c ---- */
+
+typedef struct rs_metrics {
+    atomic_uint_fast64_t records_stored;
+    atomic_uint_fast64_t bytes_stored;
+    atomic_uint_fast64_t records_served;
+    atomic_uint_fast64_t bytes_served;
+    atomic_uint_fast64_t events_sent;
+    atomic_uint_fast64_t heartbeats_sent;
+    atomic_uint_fast64_t subscribers;
+    atomic_uint_fast64_t streams_opened;
+    atomic_uint_fast64_t streams_gone;
+    atomic_uint_fast64_t login_failures;
+    atomic_uint_fast64_t login_throttled;
+    atomic_uint_fast64_t retention_runs;
+    atomic_uint_fast64_t retention_errors;
+    atomic_uint_fast64_t events_pruned;
+    atomic_uint_fast64_t retention_last_ms;
+} rs_metrics;
+
+extern rs_metrics rs_stats;
+
+const char *rs_route_name(rs_route route);
+void rs_metrics_request(rs_route route, unsigned status, uint64_t duration_ns);
+int rs_metrics_render(rs_buf *out);
+
+uint64_t rs_monotonic_ns(void);
+
+#endif
