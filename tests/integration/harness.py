@@ -1,0 +1,610 @@
+"""Integration-test harness for recsync (standard library only).
+
+What it gives a test (a unittest.TestCase):
+
+* Binaries: ``recsyncd_bin()`` / ``recsync_bin()`` from $RECSYNCD_BIN /
+  $RECSYNC_BIN (CTest sets both), else <repo>/build/bin/.
+* Databases: ``make_database(test)`` returns a fresh, empty database for
+  the backend named by $RS_TEST_BACKEND (default ``sqlite``). A backend is a
+  class with ``url`` (what ``recsyncd --db`` takes) registered in
+  ``DATABASES``; a PostgreSQL one (a real server in a temporary directory)
+  is added there by ``register_database('postgres', cls)``.
+* ``ServerProcess(test, ...)``: the real recsyncd on 127.0.0.1, port 0 by
+  default. It reads the ``recsyncd listening on 127.0.0.1:<port>`` line
+  with a bounded timeout, waits for ``/healthz``, and is stopped by PID in
+  a cleanup registered with ``test.addCleanup``, pass or fail (SIGTERM,
+  then SIGKILL after a bound; a non-zero exit on SIGTERM, such as a
+  sanitizer report, fails the test). ``kill()`` SIGKILLs it,
+  ``start()`` starts it again on the same database (and, by default, the
+  same port).
+* ``Client``: a keep-alive HTTP/JSON client with timeouts; ``Response``
+  has ``status``, ``headers``, ``body`` and ``json``.
+* ``Account``: a registered user with one device (host id and token).
+* ``SSEReader``: an event stream over a raw socket with bounded reads
+  (``next_event(timeout)``), chunked transfer decoding, heartbeat counting.
+* Records for raw-HTTP tests: ``make_record`` / ``make_records`` craft
+  records whose ``data`` is random bytes behind the envelope magic.
+
+Every wait in here has a deadline; nothing blocks forever.
+"""
+
+import base64
+import http.client
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+ENVELOPE_MAGIC = b"RSE1"
+ENVELOPE_OVERHEAD = 4 + 8 + 24 + 32 + 16 + 24 + 16
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+START_TIMEOUT = 20.0  # seconds to print the port line and answer /healthz
+STOP_TIMEOUT = 15.0  # seconds to exit after SIGTERM before SIGKILL
+HTTP_TIMEOUT = 30.0
+
+
+def recsyncd_bin():
+    """Path of the recsyncd binary under test."""
+    return os.environ.get("RECSYNCD_BIN") or os.path.join(REPO, "build", "bin", "recsyncd")
+
+
+def recsync_bin():
+    """Path of the recsync CLI under test."""
+    return os.environ.get("RECSYNC_BIN") or os.path.join(REPO, "build", "bin", "recsync")
+
+
+def backend_name():
+    return os.environ.get("RS_TEST_BACKEND", "sqlite")
+
+
+def make_tempdir(test, prefix="recsync-test-"):
+    """A temporary directory removed when the test ends."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+# ---- databases --------------------------------------------------------------
+
+
+class SqliteDatabase:
+    """A SQLite file in a temporary directory; ``url`` is its path."""
+
+    name = "sqlite"
+
+    def __init__(self, test):
+        self.dir = make_tempdir(test, "recsyncd-db-")
+        self.url = os.path.join(self.dir, "server.db")
+
+
+DATABASES = {"sqlite": SqliteDatabase}
+
+
+def register_database(name, cls):
+    """Adds a backend: ``cls(test)`` must make a fresh, empty database with
+    a ``url`` for ``recsyncd --db`` and clean it up through test.addCleanup."""
+    DATABASES[name] = cls
+
+
+def make_database(test):
+    """A fresh database for the backend named by $RS_TEST_BACKEND."""
+    name = backend_name()
+    if name not in DATABASES:
+        raise unittest.SkipTest("RS_TEST_BACKEND=%s: no such backend in harness.py" % name)
+    return DATABASES[name](test)
+
+
+# ---- HTTP -------------------------------------------------------------------
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers  # dict, lower-case names
+        self.body = body
+
+    @property
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self):
+        return "<Response %d %r>" % (self.status, self.body[:300])
+
+
+class Client:
+    """HTTP/1.1 keep-alive client for one server, with a timeout on every call.
+
+    ``token`` (if given) is sent as ``Authorization: Token <token>``.
+    Bodies: dict/list are sent as JSON, str/bytes as they are."""
+
+    def __init__(self, port, host="127.0.0.1", token=None, timeout=HTTP_TIMEOUT):
+        self.host = host
+        self.port = port
+        self.token = token
+        self.timeout = timeout
+        self.conn = None
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def request(self, method, path, body=None, token=None, headers=None):
+        hdrs = {}
+        tok = token if token is not None else self.token
+        if tok:
+            hdrs["Authorization"] = "Token " + tok
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        elif isinstance(body, str):
+            body = body.encode()
+        if headers:
+            hdrs.update(headers)
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self.conn.request(method, path, body=body, headers=hdrs)
+                r = self.conn.getresponse()
+                data = r.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A keep-alive connection the server closed; retry once on a new one.
+                self.close()
+                if attempt:
+                    raise
+                continue
+            out = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+            if r.will_close:
+                self.close()
+            return out
+        raise AssertionError("unreachable")
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body=body, **kw)
+
+
+# ---- the server -------------------------------------------------------------
+
+
+class ServerProcess:
+    """The real recsyncd, started on 127.0.0.1 with a database of its own.
+
+    ``args`` are extra command-line options. ``fast`` adds --argon2-fast,
+    ``hooks`` adds --test-hooks. The process is stopped in a cleanup."""
+
+    def __init__(self, test, args=(), db=None, port=0, fast=True, hooks=False, start=True):
+        self.test = test
+        self.db = db if db is not None else make_database(test)
+        self.args = list(args)
+        if fast:
+            self.args.append("--argon2-fast")
+        if hooks:
+            self.args.append("--test-hooks")
+        self.port = port
+        self.proc = None
+        self.logdir = make_tempdir(test, "recsyncd-log-")
+        self.starts = 0
+        test.addCleanup(self._cleanup)
+        if start:
+            self.start()
+
+    # -- lifecycle --
+
+    def start(self, port=None):
+        """Starts recsyncd (again) on the same database; port None reuses
+        the last port bound (0 the first time)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise AssertionError("recsyncd is already running (pid %d)" % self.proc.pid)
+        listen_port = self.port if port is None else port
+        self.starts += 1
+        self.logpath = os.path.join(self.logdir, "recsyncd.%d.log" % self.starts)
+        cmd = [recsyncd_bin(), "--db", self.db.url, "--listen", "127.0.0.1:%d" % listen_port]
+        cmd += self.args
+        with open(self.logpath, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        self.port = self._read_port(time.monotonic() + START_TIMEOUT)
+        self._wait_healthy(time.monotonic() + START_TIMEOUT)
+        return self
+
+    def _read_port(self, deadline):
+        buf = b""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise AssertionError("recsyncd printed no port line in time; log:\n" + self.log())
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                rc = self.proc.wait(timeout=5)
+                raise AssertionError("recsyncd exited (%s) before listening; log:\n%s" % (rc, self.log()))
+            buf += chunk
+        line = buf.split(b"\n", 1)[0].decode()
+        prefix = "recsyncd listening on 127.0.0.1:"
+        if not line.startswith(prefix):
+            self.kill()
+            raise AssertionError("unexpected first line from recsyncd: %r" % line)
+        return int(line[len(prefix):])
+
+    def _wait_healthy(self, deadline):
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                c = Client(self.port, timeout=2)
+                r = c.get("/healthz")
+                c.close()
+                if r.status == 200:
+                    return
+                last = r
+            except OSError as e:
+                last = e
+            time.sleep(0.02)
+        self.kill()
+        raise AssertionError("recsyncd /healthz did not answer 200 in time (%r); log:\n%s" % (last, self.log()))
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        """Sends `sig` (SIGKILL by default) to the process by PID and reaps it."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        self._close_pipe()
+        return self.proc.returncode
+
+    def stop(self):
+        """SIGTERM and wait (SIGKILL past the bound); returns the exit status."""
+        return self.kill(signal.SIGTERM)
+
+    def _close_pipe(self):
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+            self.proc.stdout = None
+
+    def _cleanup(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self._close_pipe()
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_TIMEOUT)
+            self._close_pipe()
+            raise AssertionError("recsyncd did not exit within %ss of SIGTERM; log:\n%s" % (STOP_TIMEOUT, self.log()))
+        self._close_pipe()
+        if rc != 0:
+            raise AssertionError("recsyncd exited with %d on SIGTERM; log:\n%s" % (rc, self.log()))
+
+    def log(self):
+        """recsyncd's stderr of the latest start (tail)."""
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read()[-20000:].decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    # -- talking to it --
+
+    def client(self, token=None, timeout=HTTP_TIMEOUT):
+        c = Client(self.port, token=token, timeout=timeout)
+        self.test.addCleanup(c.close)
+        return c
+
+    def register(self, username=None, password=None, host=None):
+        """Registers a user with one device; asserts 201; returns an Account."""
+        acct = Account(self, username or "user-" + secrets.token_hex(4), password or "pw-" + secrets.token_hex(8),
+                       host or new_host())
+        r = self.client().post("/api/v1/register", acct.credentials())
+        self.test.assertEqual(r.status, 201, r)
+        acct.token = r.json["token"]
+        return acct
+
+    def metrics(self):
+        r = self.client().get("/metrics")
+        self.test.assertEqual(r.status, 200, r)
+        return r.body.decode()
+
+    def sse(self, token, **kw):
+        reader = SSEReader(self.port, token, **kw)
+        self.test.addCleanup(reader.close)
+        return reader
+
+
+class Account:
+    """A user and one of its devices (host id) with that device's token."""
+
+    def __init__(self, server, username, password, host, token=None):
+        self.server = server
+        self.username = username
+        self.password = password
+        self.host = host
+        self.token = token
+
+    def credentials(self, host=None):
+        return {"username": self.username, "password": self.password, "host": host or self.host}
+
+    def login(self, host=None):
+        """Logs in (as a second device when `host` differs); asserts 200; returns an Account."""
+        h = host or self.host
+        r = self.server.client().post("/api/v1/login", self.credentials(h))
+        self.server.test.assertEqual(r.status, 200, r)
+        return Account(self.server, self.username, self.password, h, r.json["token"])
+
+    def client(self):
+        return self.server.client(token=self.token)
+
+    def index(self):
+        r = self.client().get("/api/v1/index")
+        self.server.test.assertEqual(r.status, 200, r)
+        return r.json
+
+    def shard_end(self, tag, host=None):
+        for s in self.index()["shards"]:
+            if s["host"] == (host or self.host) and s["tag"] == tag:
+                return s["end"]
+        return 0
+
+    def upload(self, records, **kw):
+        return self.client().post("/api/v1/records", {"records": records}, **kw)
+
+    def page(self, host, tag, start=None, limit=None):
+        q = "/api/v1/records?host=%s&tag=%s" % (host, tag)
+        if start is not None:
+            q += "&start=%d" % start
+        if limit is not None:
+            q += "&limit=%d" % limit
+        return self.client().get(q)
+
+
+# ---- records ----------------------------------------------------------------
+
+
+def new_host():
+    """A random host id (canonical UUID text)."""
+    return str(uuid.uuid4())
+
+
+def new_record_id():
+    """A UUIDv7-shaped record id."""
+    ms = int(time.time() * 1000)
+    b = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    b[6] = (b[6] & 0x0F) | 0x70
+    b[8] = (b[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(b)))
+
+
+def make_envelope(payload_size=64):
+    """Random bytes shaped like a sealed envelope of a `payload_size` payload."""
+    return ENVELOPE_MAGIC + os.urandom(ENVELOPE_OVERHEAD - len(ENVELOPE_MAGIC) + payload_size)
+
+
+_hlc_last = [0]
+
+
+def next_hlc():
+    """A strictly increasing clock text (16 hex digits)."""
+    h = max(int(time.time() * 1000) << 16, _hlc_last[0] + 1)
+    _hlc_last[0] = h
+    return "%016x" % h
+
+
+def make_record(host, tag, idx, payload_size=64, version=1, envelope=None):
+    """One record as the wire carries it."""
+    env = envelope if envelope is not None else make_envelope(payload_size)
+    return {
+        "id": new_record_id(),
+        "host": host,
+        "tag": tag,
+        "idx": idx,
+        "hlc": next_hlc(),
+        "version": version,
+        "data": base64.b64encode(env).decode(),
+    }
+
+
+def make_records(host, tag, start, count, payload_size=64):
+    return [make_record(host, tag, start + i, payload_size) for i in range(count)]
+
+
+# ---- event streams ----------------------------------------------------------
+
+
+class Event:
+    def __init__(self, id, event, data):
+        self.id = id
+        self.event = event
+        self.data = data
+
+    @property
+    def json(self):
+        return json.loads(self.data)
+
+    def __repr__(self):
+        return "<Event id=%r %s %s>" % (self.id, self.event, self.data)
+
+
+class SSEReader:
+    """GET /api/v1/events over a raw socket, read with deadlines.
+
+    After construction ``status`` and ``headers`` are set; a non-200
+    answer's body is in ``body`` (and ``json``). ``next_event(timeout)``
+    returns the next Event, or None when nothing came in time; raises
+    EOFError when the server ended the stream. Comment lines (heartbeats)
+    are counted in ``comments``."""
+
+    def __init__(self, port, token, last_event_id=None, after=None, host="127.0.0.1", timeout=10.0):
+        path = "/api/v1/events"
+        if after is not None:
+            path += "?after=%d" % after
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port), "Accept: text/event-stream"]
+        if token:
+            lines.append("Authorization: Token " + token)
+        if last_event_id is not None:
+            lines.append("Last-Event-ID: %s" % last_event_id)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.raw = b""
+        self.data = b""
+        self.eof = False
+        self.comments = 0
+        self.retry = None
+        self.body = b""
+        self._read_head(time.monotonic() + timeout)
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _recv(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self.sock.settimeout(left)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.raw += chunk
+        return True
+
+    def _read_head(self, deadline):
+        while b"\r\n\r\n" not in self.raw:
+            if not self._recv(deadline):
+                raise AssertionError("no HTTP response head from the event stream in time (eof=%s)" % self.eof)
+        head, self.raw = self.raw.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+        self.chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        if self.status != 200:
+            n = int(self.headers.get("content-length", "0"))
+            while len(self.raw) < n and self._recv(deadline):
+                pass
+            self.body = self.raw[:n]
+            self.raw = self.raw[n:]
+
+    @property
+    def json(self):
+        return json.loads(self.body.decode())
+
+    def _decode(self):
+        if not self.chunked:
+            self.data += self.raw
+            self.raw = b""
+            return
+        while True:
+            end = self.raw.find(b"\r\n")
+            if end < 0:
+                return
+            size = int(self.raw[:end].split(b";")[0], 16)
+            if size == 0:
+                self.eof = True
+                self.raw = b""
+                return
+            if len(self.raw) < end + 2 + size + 2:
+                return
+            self.data += self.raw[end + 2:end + 2 + size]
+            self.raw = self.raw[end + 2 + size + 2:]
+
+    def _next_block(self, deadline):
+        while True:
+            self._decode()
+            if b"\n\n" in self.data:
+                block, self.data = self.data.split(b"\n\n", 1)
+                return block.decode()
+            if self.eof:
+                raise EOFError("event stream ended")
+            if not self._recv(deadline):
+                if self.eof:
+                    continue
+                return None
+
+    def next_event(self, timeout=10.0):
+        """The next event (id, event, data), or None if none arrives within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            block = self._next_block(deadline)
+            if block is None:
+                return None
+            ev_id, ev_type, data = None, "message", []
+            for line in block.split("\n"):
+                if line.startswith(":"):
+                    self.comments += 1
+                    continue
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "id":
+                    ev_id = int(value)
+                elif field == "event":
+                    ev_type = value
+                elif field == "data":
+                    data.append(value)
+                elif field == "retry":
+                    self.retry = int(value)
+            if data:
+                return Event(ev_id, ev_type, "\n".join(data))
+
+    def events(self, count, timeout=10.0):
+        """Exactly `count` events, failing if they do not all arrive within `timeout`."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while len(out) < count:
+            ev = self.next_event(max(0.0, deadline - time.monotonic()))
+            if ev is None:
+                raise AssertionError("got %d of %d events in %.1fs: %r" % (len(out), count, timeout, out))
+            out.append(ev)
+        return out
+
+    def wait_comments(self, count, timeout=10.0):
+        """Reads until `count` comment lines (heartbeats) have been seen; returns events seen meanwhile."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while self.comments < count:
+            ev = self.next_event(max(0.0, deadline - time.monotonic()))
+            if ev is None and time.monotonic() >= deadline:
+                raise AssertionError("saw %d of %d heartbeats in %.1fs" % (self.comments, count, timeout))
+            if ev is not None:
+                seen.append(ev)
+        return seen
