@@ -561,30 +561,38 @@ class SSEReader:
                     continue
                 return None
 
+    def _next_item(self, deadline):
+        """The next block parsed: an Event, "comment" for a block of only
+        comments (a heartbeat), or None at the deadline."""
+        block = self._next_block(deadline)
+        if block is None:
+            return None
+        ev_id, ev_type, data = None, "message", []
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "id":
+                ev_id = int(value)
+            elif field == "event":
+                ev_type = value
+            elif field == "data":
+                data.append(value)
+            elif field == "retry":
+                self.retry = int(value)
+        if data:
+            return Event(ev_id, ev_type, "\n".join(data))
+        return "comment"
+
     def next_event(self, timeout=10.0):
         """The next event (id, event, data), or None if none arrives within `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
-            block = self._next_block(deadline)
-            if block is None:
-                return None
-            ev_id, ev_type, data = None, "message", []
-            for line in block.split("\n"):
-                if line.startswith(":"):
-                    self.comments += 1
-                    continue
-                field, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if field == "id":
-                    ev_id = int(value)
-                elif field == "event":
-                    ev_type = value
-                elif field == "data":
-                    data.append(value)
-                elif field == "retry":
-                    self.retry = int(value)
-            if data:
-                return Event(ev_id, ev_type, "\n".join(data))
+            item = self._next_item(deadline)
+            if item is None or isinstance(item, Event):
+                return item
 
     def events(self, count, timeout=10.0):
         """Exactly `count` events, failing if they do not all arrive within `timeout`."""
@@ -598,13 +606,14 @@ class SSEReader:
         return out
 
     def wait_comments(self, count, timeout=10.0):
-        """Reads until `count` comment lines (heartbeats) have been seen; returns events seen meanwhile."""
+        """Reads until `count` comment lines (heartbeats) have been seen in
+        total; returns the events seen meanwhile."""
         deadline = time.monotonic() + timeout
         seen = []
         while self.comments < count:
-            ev = self.next_event(max(0.0, deadline - time.monotonic()))
-            if ev is None and time.monotonic() >= deadline:
+            item = self._next_item(deadline)
+            if item is None:
                 raise AssertionError("saw %d of %d heartbeats in %.1fs" % (self.comments, count, timeout))
-            if ev is not None:
-                seen.append(ev)
+            if isinstance(item, Event):
+                seen.append(item)
         return seen
