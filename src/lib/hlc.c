@@ -45,17 +45,25 @@ int rs_hlc_tick(rs_hlc *out, rs_hlc_clock *clock)
     return 0;
 }
 
+/* The sender's host id as text for an error message. */
+static void device_name(char *out, const rs_uuid *from)
+{
+    if (from)
+        rs_uuid_format(out, from);
+    else
+        snprintf(out, RS_UUID_STRLEN + 1, "(unknown)");
+}
+
 int rs_hlc_recv(rs_hlc_clock *clock, rs_hlc received, const rs_uuid *from)
 {
     uint64_t now = clock_now(clock);
     uint64_t recv_ms = RS_HLC_MS(received);
     uint64_t last_ms = RS_HLC_MS(clock->last);
     rs_hlc next;
+    char host[RS_UUID_STRLEN + 1];
 
     if (recv_ms > now && recv_ms - now > clock->max_drift_ms) {
-        char host[RS_UUID_STRLEN + 1] = "(unknown)";
-        if (from)
-            rs_uuid_format(host, from);
+        device_name(host, from);
         return rs__error(RS_ECLOCK,
                          "device %s sent a clock %llu ms ahead of this device's wall clock "
                          "(the bound is %llu ms): its clock is wrong",
@@ -67,8 +75,13 @@ int rs_hlc_recv(rs_hlc_clock *clock, rs_hlc received, const rs_uuid *from)
     } else {
         /* The highest of last and received, then one past it. */
         rs_hlc top = received > clock->last ? received : clock->last;
-        if (RS_HLC_COUNTER(top) == COUNTER_MAX)
-            return rs__error(RS_ECLOCK, "clock counter overflow merging a clock from a device");
+        if (RS_HLC_COUNTER(top) == COUNTER_MAX) {
+            device_name(host, from);
+            return rs__error(RS_ECLOCK,
+                             "clock counter overflow at %llu ms merging a clock from device %s: "
+                             "more than 65535 writes in one millisecond",
+                             (unsigned long long)RS_HLC_MS(top), host);
+        }
         next = top + 1;
     }
     clock->last = next;
@@ -88,15 +101,28 @@ void rs_hlc_format(char *out, rs_hlc h)
     snprintf(out, RS_HLC_STRLEN + 1, "%016llx", (unsigned long long)h);
 }
 
+/*
+ * Accepts exactly what rs_hlc_format writes: 16 lowercase hex digits. An
+ * uppercase digit is refused, since such text would not sort among the
+ * lowercase texts as its clock orders ('A' sorts before '0'..'9' and 'a').
+ */
 int rs_hlc_parse(rs_hlc *out, const char *text)
 {
-    uint8_t bytes[8];
-    if (text == NULL || strlen(text) != RS_HLC_STRLEN || rs__unhex(bytes, 8, text) < 0)
-        return rs__error(RS_EINVAL, "'%.40s' is not a clock (expected 16 hex digits)",
-                         text ? text : "(null)");
     rs_hlc h = 0;
-    for (int i = 0; i < 8; i++)
-        h = h << 8 | bytes[i];
+    if (text == NULL || strlen(text) != RS_HLC_STRLEN)
+        goto bad;
+    for (int i = 0; i < RS_HLC_STRLEN; i++) {
+        char c = text[i];
+        if (c >= '0' && c <= '9')
+            h = h << 4 | (rs_hlc)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            h = h << 4 | (rs_hlc)(c - 'a' + 10);
+        else
+            goto bad;
+    }
     *out = h;
     return 0;
+bad:
+    return rs__error(RS_EINVAL, "'%.40s' is not a clock (expected 16 lowercase hex digits)",
+                     text ? text : "(null)");
 }
