@@ -701,6 +701,9 @@ int rs_store_meta_set(rs_store *store, const char *name, const char *value)
 {
     if (!meta_name_valid(name))
         return rs__error(RS_EINVAL, "setting '%s' cannot be changed", name ? name : "(null)");
+    if (value == NULL)
+        return rs__error(RS_EINVAL,
+                         "setting '%s' needs a value (use rs_store_meta_del to remove it)", name);
     return meta_put_raw(store, name, value);
 }
 

@@ -6,7 +6,8 @@
 #ifndef RS_TESTUTIL_H
 #define RS_TESTUTIL_H
 
-#include <ftw.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,18 +23,25 @@ static inline int test_tempdir(char *out)
     return mkdtemp(out) ? 0 : -1;
 }
 
-static inline int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* rm -rf `path`. */
+/* rm -rf `path` (does not follow symbolic links). */
 static inline void test_rmtree(const char *path)
 {
-    nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    struct stat st;
+    DIR *dir;
+    struct dirent *ent;
+    if (lstat(path, &st) != 0)
+        return;
+    if (S_ISDIR(st.st_mode) && (dir = opendir(path)) != NULL) {
+        while ((ent = readdir(dir)) != NULL) {
+            char child[TEST_PATH_MAX * 2];
+            if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0)
+                continue;
+            snprintf(child, sizeof(child), "%s/%s", path, ent->d_name);
+            test_rmtree(child);
+        }
+        closedir(dir);
+    }
+    remove(path);
 }
 
 /* Whether `haystack` contains `needle` (for checking what a message names). */
