@@ -213,6 +213,13 @@ typedef struct rs_tag_def {
                  void *payload);
     int (*reset)(sqlite3 *db, void *payload);
     void *payload;
+    /*
+     * May be NULL. Called once as the store is freed, before its database
+     * closes, for a definition rs_store_register accepted (returned 0), so
+     * `payload` can finalize statements and free itself. When registration
+     * fails, the caller still owns `payload`.
+     */
+    void (*release)(void *payload);
 } rs_tag_def;
 
 int rs_store_register(rs_store *store, const rs_tag_def *def);

@@ -423,6 +423,10 @@ void rs_store_free(rs_store *store)
         return;
     if (store->explicit_txn)
         rs_store_rollback(store);
+    /* Tags' own statements are finalized before the database closes. */
+    for (size_t i = 0; i < store->tag_count; i++)
+        if (store->tags[i].def.release)
+            store->tags[i].def.release(store->tags[i].def.payload);
     store_close(store);
     rs__key_free(store->key);
     rs_free(store->tags);
@@ -1328,10 +1332,11 @@ int rs_store_register(rs_store *store, const rs_tag_def *def)
         return 0;
     }
     rs_free(built);
-    if (err < 0 && err != RS_ENOTFOUND)
+    /* On failure the tag is not registered and the caller keeps its payload. */
+    if ((err < 0 && err != RS_ENOTFOUND) || (err = rs_store_rebuild(store, def->tag)) < 0) {
+        store->tag_count--;
         return err;
-    if ((err = rs_store_rebuild(store, def->tag)) < 0)
-        return err;
+    }
     return 0;
 }
 
