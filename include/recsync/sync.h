@@ -11,10 +11,22 @@ extern "C" {
 #endif
 
 /*
+ * Settings sync keeps in the store (read them with rs_store_meta_get): the
+ * server's base URL, the user name, this device's token, and the record of
+ * the last successful sync (RS_META_LAST_SYNC, read it with rs_sync_last_get).
+ */
+#define RS_META_SERVER "sync.server"
+#define RS_META_USER "sync.user"
+#define RS_META_TOKEN "sync.token"
+#define RS_META_LAST_SYNC "sync.last"
+#define RS_META_LAST_INDEX "sync.last_index"
+
+/*
  * Creates an account (or logs in to one) on the server at `url` for this
  * device's host id, and keeps the server URL, user name and the device's
  * token in the store. RS_EEXISTS when the name is taken, RS_EAUTH for a
- * wrong password, RS_ENET when the server cannot be reached.
+ * wrong password, RS_ENET when the server cannot be reached. Nothing is
+ * written to the store unless the server accepted.
  */
 int rs_register(rs_store *store, const char *url, const char *username, const char *password);
 int rs_login(rs_store *store, const char *url, const char *username, const char *password);
@@ -27,6 +39,8 @@ typedef enum rs_sync_outcome {
 } rs_sync_outcome;
 
 const char *rs_sync_outcome_name(rs_sync_outcome outcome);
+/* The outcome named `name` ("noop", "pull", ...); RS_EINVAL for another name. */
+int rs_sync_outcome_parse(rs_sync_outcome *out, const char *name);
 
 typedef struct rs_sync_shard {
     rs_uuid host;
@@ -39,7 +53,7 @@ typedef struct rs_sync_report {
     rs_sync_outcome outcome;
     uint64_t uploaded;
     uint64_t downloaded;
-    rs_sync_shard *shards; /* the shards that moved */
+    rs_sync_shard *shards; /* the shards that moved, by host and tag */
     size_t count;
     uint64_t seq; /* the server's seq after the sync */
     uint64_t elapsed_ms;
@@ -48,24 +62,55 @@ typedef struct rs_sync_report {
 /* Progress of a long sync: records done of records to move. */
 typedef void (*rs_progress_cb)(uint64_t done, uint64_t total, void *payload);
 
+#define RS_SYNC_DEFAULT_PAGE_RECORDS 2000
+#define RS_SYNC_DEFAULT_PAGE_BYTES (4u << 20)
+
 typedef struct rs_sync_opts {
-    size_t page_records;     /* records per page; 0: the default */
-    rs_progress_cb progress; /* may be NULL */
+    size_t page_records;     /* records per page each way; 0: RS_SYNC_DEFAULT_PAGE_RECORDS */
+    size_t page_bytes;       /* bound on an upload body; 0: RS_SYNC_DEFAULT_PAGE_BYTES */
+    long connect_timeout_ms; /* 0: 5 s */
+    long timeout_ms;         /* each request, start to end; 0: 120 s */
+    rs_progress_cb progress; /* may be NULL; called from the calling thread */
     void *progress_payload;
 } rs_sync_opts;
 
 /*
- * Syncs the store with its server: fetches the remote index, checks the
- * server's records open under this store's key before writing anything,
- * uploads this device's new records and downloads the others' in pages,
- * each page applied in one transaction. `opts` may be NULL. Free the report
- * with rs_sync_report_free.
+ * Syncs the store with its server: fetches the remote index, diffs it with
+ * the local one, and before writing anything checks that the server's
+ * records open under this store's key (RS_EKEY naming both key ids) and
+ * that this device's shards on the server are the ones in the store
+ * (RS_EAHEAD or RS_ECONFLICT for a store restored from an old copy). Then
+ * it uploads this device's new records and downloads the others' in pages
+ * bounded by count and bytes; each downloaded page is checked (contiguous,
+ * the shard asked for, opens under the key) and applied in one
+ * transaction, so a failure or a crash at any point leaves a consistent
+ * store and the next sync resumes. On success the report goes to *out
+ * (free with rs_sync_report_free) and the store keeps it for rs_sync_last_get;
+ * on failure nothing but the pages already applied is written. `opts` may
+ * be NULL.
  */
 int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts);
 void rs_sync_report_free(rs_sync_report *report);
 
-/* The server's index, as of now. */
+/* The server's index, as of now, with the default timeouts. */
 int rs_remote_index(rs_index **out, rs_store *store);
+
+/* As rs_remote_index, giving up after `timeout_ms` in all (0: the default). */
+int rs_remote_index_timeout(rs_index **out, rs_store *store, long timeout_ms);
+
+/* What the store remembers of its last successful sync. */
+typedef struct rs_sync_last {
+    uint64_t time_ms; /* when it ended, Unix milliseconds */
+    rs_sync_outcome outcome;
+    uint64_t uploaded;
+    uint64_t downloaded;
+    uint64_t seq;
+    rs_index *remote; /* the server's index as the sync left it */
+} rs_sync_last;
+
+/* RS_ENOTFOUND when the store never synced. Free with rs_sync_last_free. */
+int rs_sync_last_get(rs_sync_last **out, rs_store *store);
+void rs_sync_last_free(rs_sync_last *last);
 
 #ifdef __cplusplus
 }

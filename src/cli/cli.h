@@ -44,5 +44,11 @@ int cmd_log(cli *c, int argc, char **argv);
 int cmd_cat(cli *c, int argc, char **argv);
 int cmd_verify(cli *c, int argc, char **argv);
 int cmd_rebuild(cli *c, int argc, char **argv);
+int cmd_kv(cli *c, int argc, char **argv);
+int cmd_history(cli *c, int argc, char **argv);
+int cmd_register(cli *c, int argc, char **argv);
+int cmd_login(cli *c, int argc, char **argv);
+int cmd_sync(cli *c, int argc, char **argv);
+int cmd_status(cli *c, int argc, char **argv);
 
 #endif

@@ -35,8 +35,11 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"init", cmd_init}, {"key", cmd_key},       {"append", cmd_append},   {"log", cmd_log},
-    {"cat", cmd_cat},   {"verify", cmd_verify}, {"rebuild", cmd_rebuild},
+    {"init", cmd_init},       {"key", cmd_key},           {"append", cmd_append},
+    {"log", cmd_log},         {"cat", cmd_cat},           {"verify", cmd_verify},
+    {"rebuild", cmd_rebuild}, {"register", cmd_register}, {"login", cmd_login},
+    {"sync", cmd_sync},       {"status", cmd_status},     {"kv", cmd_kv},
+    {"history", cmd_history},
 };
 
 int cli_fail(const char *what, int err)

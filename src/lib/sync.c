@@ -1,0 +1,1007 @@
+/*
+ * Accounts and sync with a recsyncd server (sync.h).
+ *
+ * A sync is: the remote index, the diff with the local one, checks that
+ * nothing would be written under the wrong key or over a diverged shard,
+ * then the transfers. Each direction is a two-stage pipeline over a few
+ * reusable page slots, so memory stays bounded by those slots whatever the
+ * number of records:
+ *
+ *   upload:   main thread reads and encodes page k+1 while a worker POSTs page k
+ *   download: a worker GETs and decodes page k+1 while the main thread opens
+ *             and inserts page k (one SQLite transaction per page)
+ *
+ * The store's SQLite handle is only ever used by the calling thread; the
+ * worker owns the HTTP client while the pipeline runs.
+ */
+#include "client.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define SHARD_NAME (RS_UUID_STRLEN + RS_TAG_MAX + 2)
+#define PIPE_SLOTS 3
+#define STATUS_CONNECT_MS 2000L
+
+const char *rs_sync_outcome_name(rs_sync_outcome outcome)
+{
+    switch (outcome) {
+    case RS_SYNC_NOOP:
+        return "noop";
+    case RS_SYNC_PULL:
+        return "pull";
+    case RS_SYNC_PUSH:
+        return "push";
+    case RS_SYNC_MERGE:
+        return "merge";
+    }
+    return "unknown";
+}
+
+int rs_sync_outcome_parse(rs_sync_outcome *out, const char *name)
+{
+    static const rs_sync_outcome all[] = {RS_SYNC_NOOP, RS_SYNC_PULL, RS_SYNC_PUSH, RS_SYNC_MERGE};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (name && strcmp(name, rs_sync_outcome_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    }
+    return rs__error(RS_EINVAL, "'%.40s' is not a sync outcome", name ? name : "");
+}
+
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- accounts ---- */
+
+/*
+ * register and login: one POST with the credentials and this device's host
+ * id; on success the URL, user and token go into the store in one
+ * transaction. A different server or user than before forgets the last
+ * sync, which described another account.
+ */
+static int account(rs_store *store, const char *url, const char *username, const char *password,
+                   int create)
+{
+    const char *path = create ? "/api/v1/register" : "/api/v1/login";
+    rs_client *client = NULL;
+    rs_buf body = {0};
+    const rs_buf *resp = NULL;
+    char *token = NULL, *user = NULL, *old_url = NULL, *old_user = NULL;
+    rs_uuid host;
+    int err;
+
+    if (username == NULL || !rs_wire_username_valid(username))
+        return rs__error(RS_EINVAL, "user name '%.70s' is not valid: 1-64 of [A-Za-z0-9._@+-]",
+                         username ? username : "");
+    if (password == NULL || *password == '\0' || strlen(password) > RS_WIRE_PASSWORD_MAX)
+        return rs__error(RS_EINVAL, "the password for user %s must be 1-%d bytes", username,
+                         RS_WIRE_PASSWORD_MAX);
+    rs_store_host(&host, store);
+    if ((err = rs__client_new(&client, url, NULL, NULL)) < 0 ||
+        (err = rs_wire_credentials_encode(&body, username, password, &host)) < 0)
+        goto done;
+    if ((err = rs__client_request(&resp, NULL, client, path, body.ptr, body.len, 0)) < 0)
+        goto done;
+    if ((err = rs_wire_token_decode(&token, &user, resp->ptr, resp->len)) < 0) {
+        err = rs__error(RS_ESERVER, "server %s answered %s for user %s with no token: %s",
+                        rs__client_url(client), path, username, rs_error_last());
+        goto done;
+    }
+    if (rs_store_meta_get(&old_url, store, RS_META_SERVER) < 0)
+        old_url = NULL;
+    if (rs_store_meta_get(&old_user, store, RS_META_USER) < 0)
+        old_user = NULL;
+    if ((err = rs_store_begin(store)) < 0)
+        goto done;
+    if ((err = rs_store_meta_set(store, RS_META_SERVER, rs__client_url(client))) < 0 ||
+        (err = rs_store_meta_set(store, RS_META_USER, user)) < 0 ||
+        (err = rs_store_meta_set(store, RS_META_TOKEN, token)) < 0) {
+        rs_store_rollback(store);
+        goto done;
+    }
+    if (old_url == NULL || old_user == NULL || strcmp(old_url, rs__client_url(client)) != 0 ||
+        strcmp(old_user, user) != 0) {
+        if ((err = rs_store_meta_del(store, RS_META_LAST_SYNC)) < 0 ||
+            (err = rs_store_meta_del(store, RS_META_LAST_INDEX)) < 0) {
+            rs_store_rollback(store);
+            goto done;
+        }
+    }
+    err = rs_store_commit(store);
+done:
+    if (body.ptr)
+        sodium_memzero(body.ptr, body.len);
+    rs_buf_free(&body);
+    if (token) {
+        sodium_memzero(token, strlen(token));
+        rs_free(token);
+    }
+    rs_free(user);
+    rs_free(old_url);
+    rs_free(old_user);
+    rs__client_free(client);
+    return err;
+}
+
+int rs_register(rs_store *store, const char *url, const char *username, const char *password)
+{
+    return account(store, url, username, password, 1);
+}
+
+int rs_login(rs_store *store, const char *url, const char *username, const char *password)
+{
+    return account(store, url, username, password, 0);
+}
+
+/* A client for the store's server and token. RS_EAUTH when it has none. */
+static int store_client(rs_client **out, rs_store *store, const rs_client_opts *opts)
+{
+    char *url = NULL, *token = NULL;
+    int err;
+
+    err = rs_store_meta_get(&url, store, RS_META_SERVER);
+    if (err == 0)
+        err = rs_store_meta_get(&token, store, RS_META_TOKEN);
+    if (err == RS_ENOTFOUND)
+        err = rs__error(RS_EAUTH,
+                        "store %s is not logged in to a server: run 'recsync register' or "
+                        "'recsync login' first",
+                        rs_store_dir(store));
+    if (err == 0)
+        err = rs__client_new(out, url, token, opts);
+    rs_free(url);
+    if (token) {
+        sodium_memzero(token, strlen(token));
+        rs_free(token);
+    }
+    return err;
+}
+
+static int fetch_index(rs_index **out, rs_client *client)
+{
+    const rs_buf *resp;
+    int err = rs__client_request(&resp, NULL, client, "/api/v1/index", NULL, 0, 1);
+    if (err < 0)
+        return err;
+    if ((err = rs_wire_index_decode(out, resp->ptr, resp->len)) < 0)
+        return rs__error(RS_ESERVER, "server %s sent an index that does not parse: %s",
+                         rs__client_url(client), rs_error_last());
+    return 0;
+}
+
+int rs_remote_index_timeout(rs_index **out, rs_store *store, long timeout_ms)
+{
+    rs_client_opts opts = {0};
+    rs_client *client = NULL;
+    int err;
+    if (timeout_ms > 0) {
+        opts.timeout_ms = timeout_ms;
+        opts.connect_timeout_ms = timeout_ms;
+    }
+    if ((err = store_client(&client, store, &opts)) < 0)
+        return err;
+    err = fetch_index(out, client);
+    rs__client_free(client);
+    return err;
+}
+
+int rs_remote_index(rs_index **out, rs_store *store)
+{
+    return rs_remote_index_timeout(out, store, 0);
+}
+
+/* ---- the pipeline: a few slots passed between a producer and a consumer ---- */
+
+typedef struct pipeline {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t free_q[PIPE_SLOTS], free_head, free_n;
+    size_t full_q[PIPE_SLOTS], full_head, full_n;
+    int producer_done;
+    int failed; /* the first failure's code, from either side */
+    char message[1024];
+    uint64_t done; /* records through the consumer */
+} pipeline;
+
+static void pl_init(pipeline *pl)
+{
+    memset(pl, 0, sizeof(*pl));
+    pthread_mutex_init(&pl->mu, NULL);
+    pthread_cond_init(&pl->cv, NULL);
+    for (size_t i = 0; i < PIPE_SLOTS; i++)
+        pl->free_q[i] = i;
+    pl->free_n = PIPE_SLOTS;
+}
+
+static void pl_destroy(pipeline *pl)
+{
+    pthread_mutex_destroy(&pl->mu);
+    pthread_cond_destroy(&pl->cv);
+}
+
+/* Records this thread's failure `code` (its message is rs_error_last()) and wakes the other side.
+ */
+static int pl_fail(pipeline *pl, int code)
+{
+    pthread_mutex_lock(&pl->mu);
+    if (pl->failed == 0) {
+        pl->failed = code;
+        snprintf(pl->message, sizeof(pl->message), "%s", rs_error_last());
+    }
+    pthread_cond_broadcast(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+    return code;
+}
+
+/* The failure in this thread's error message; the caller holds the lock. */
+static int pl_raise_locked(pipeline *pl)
+{
+    return rs__error(pl->failed, "%s", pl->message);
+}
+
+static int pl_take_free(pipeline *pl, size_t *slot)
+{
+    int err = 0;
+    pthread_mutex_lock(&pl->mu);
+    while (pl->free_n == 0 && pl->failed == 0)
+        pthread_cond_wait(&pl->cv, &pl->mu);
+    if (pl->failed) {
+        err = pl_raise_locked(pl);
+    } else {
+        *slot = pl->free_q[pl->free_head];
+        pl->free_head = (pl->free_head + 1) % PIPE_SLOTS;
+        pl->free_n--;
+    }
+    pthread_mutex_unlock(&pl->mu);
+    return err;
+}
+
+static void pl_put_full(pipeline *pl, size_t slot)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->full_q[(pl->full_head + pl->full_n) % PIPE_SLOTS] = slot;
+    pl->full_n++;
+    pthread_cond_broadcast(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+/* 0 with a slot, 1 when the producer is done and nothing is left, <0 on failure. */
+static int pl_take_full(pipeline *pl, size_t *slot)
+{
+    int ret = 0;
+    pthread_mutex_lock(&pl->mu);
+    while (pl->full_n == 0 && !pl->producer_done && pl->failed == 0)
+        pthread_cond_wait(&pl->cv, &pl->mu);
+    if (pl->failed) {
+        ret = pl_raise_locked(pl);
+    } else if (pl->full_n == 0) {
+        ret = 1;
+    } else {
+        *slot = pl->full_q[pl->full_head];
+        pl->full_head = (pl->full_head + 1) % PIPE_SLOTS;
+        pl->full_n--;
+    }
+    pthread_mutex_unlock(&pl->mu);
+    return ret;
+}
+
+static void pl_put_free(pipeline *pl, size_t slot, uint64_t records)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->free_q[(pl->free_head + pl->free_n) % PIPE_SLOTS] = slot;
+    pl->free_n++;
+    pl->done += records;
+    pthread_cond_broadcast(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+static void pl_producer_done(pipeline *pl)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->producer_done = 1;
+    pthread_cond_broadcast(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+static uint64_t pl_done(pipeline *pl)
+{
+    pthread_mutex_lock(&pl->mu);
+    uint64_t d = pl->done;
+    pthread_mutex_unlock(&pl->mu);
+    return d;
+}
+
+/* ---- sync state ---- */
+
+typedef struct sync_ctx {
+    rs_store *store;
+    rs_client *client;
+    rs_sync_opts opts;
+    rs_uuid self;
+    const rs_diff *diff;
+    uint64_t *moved;   /* per diff op: records uploaded or downloaded */
+    uint64_t total;    /* records to move */
+    uint64_t done;     /* records moved so far */
+    uint64_t seq;      /* the highest seq the server reported */
+    rs_wire_batch one; /* single-record fetches of the checks */
+} sync_ctx;
+
+static void progress(sync_ctx *ctx, uint64_t done)
+{
+    if (ctx->opts.progress && ctx->total > 0)
+        ctx->opts.progress(done, ctx->total, ctx->opts.progress_payload);
+}
+
+static int records_path(char *out, size_t size, const rs_uuid *host, const char *tag,
+                        uint64_t start, uint64_t limit)
+{
+    char h[RS_UUID_STRLEN + 1];
+    rs_uuid_format(h, host);
+    int n = snprintf(out, size, "/api/v1/records?host=%s&tag=%s&start=%llu&limit=%llu", h, tag,
+                     (unsigned long long)start, (unsigned long long)limit);
+    return n > 0 && (size_t)n < size ? 0 : rs__error(RS_EINVAL, "records path too long");
+}
+
+/*
+ * Checks that `batch`, the answer to a request for shard (host, tag) from
+ * idx `start` with at most `limit` records, holds 1..limit records of that
+ * shard at start, start + 1, ... RS_ESERVER naming the shard otherwise.
+ */
+static int check_page(const rs_wire_batch *batch, const rs_uuid *host, const char *tag,
+                      uint64_t start, uint64_t limit, const char *url)
+{
+    char shard[SHARD_NAME];
+    if (batch->count > 0 && batch->count <= limit) {
+        size_t i = 0;
+        for (; i < batch->count; i++) {
+            const rs_record *rec = &batch->records[i];
+            if (rec->idx != start + i || rs_uuid_cmp(&rec->host, host) != 0 ||
+                strcmp(rec->tag, tag) != 0)
+                break;
+        }
+        if (i == batch->count)
+            return 0;
+        rs__shard_name(shard, sizeof(shard), host, tag);
+        char got[200];
+        rs__record_name(got, sizeof(got), &batch->records[i]);
+        return rs__error(RS_ESERVER,
+                         "server %s answered a request for shard %s from idx %llu with %s at "
+                         "position %zu of the page: not the shard and idx asked for",
+                         url, shard, (unsigned long long)start, got, i);
+    }
+    rs__shard_name(shard, sizeof(shard), host, tag);
+    return rs__error(RS_ESERVER,
+                     "server %s answered a request for at most %llu records of shard %s from idx "
+                     "%llu with %zu records",
+                     url, (unsigned long long)limit, shard, (unsigned long long)start,
+                     batch->count);
+}
+
+/* Fetches the server's record at `idx` of shard (host, tag) into ctx->one. */
+static int fetch_one(sync_ctx *ctx, const rs_uuid *host, const char *tag, uint64_t idx)
+{
+    char path[256];
+    const rs_buf *resp;
+    int err;
+    if ((err = records_path(path, sizeof(path), host, tag, idx, 1)) < 0 ||
+        (err = rs__client_request(&resp, NULL, ctx->client, path, NULL, 0, 1)) < 0)
+        return err;
+    if ((err = rs_wire_decode_records(&ctx->one, resp->ptr, resp->len, RS_WIRE_PAGE, 0)) < 0)
+        return rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s",
+                         rs__client_url(ctx->client), rs_error_last());
+    return check_page(&ctx->one, host, tag, idx, 1, rs__client_url(ctx->client));
+}
+
+/* Opens the record in ctx->one under the store's key. */
+static int check_key(sync_ctx *ctx)
+{
+    const rs_record *rec = &ctx->one.records[0];
+    int err = rs__open(NULL, NULL, ctx->store->key, rec);
+    if (err == RS_EKEY)
+        return rs__error(RS_EKEY,
+                         "refusing to sync with %s: the server's records are sealed under another "
+                         "key (%s). Nothing was uploaded or written. Use the account's key: "
+                         "'recsync key export' on a device that syncs, 'recsync key import' into "
+                         "a fresh store here",
+                         rs__client_url(ctx->client), rs_error_last());
+    if (err < 0)
+        return rs__error(err, "refusing to sync with %s: a record on the server does not open: %s",
+                         rs__client_url(ctx->client), rs_error_last());
+    return 0;
+}
+
+typedef struct local_match {
+    const rs_record *remote;
+    int found;
+    int same;
+} local_match;
+
+static int compare_local(const rs_record *rec, void *payload)
+{
+    local_match *m = payload;
+    m->found = 1;
+    m->same = memcmp(rec->id.bytes, m->remote->id.bytes, 16) == 0 && rec->hlc == m->remote->hlc &&
+              rec->version == m->remote->version && rec->data_len == m->remote->data_len &&
+              memcmp(rec->data, m->remote->data, rec->data_len) == 0;
+    return 0;
+}
+
+static const rs_shard *find_shard(const rs_index *index, const rs_uuid *host, const char *tag)
+{
+    for (size_t i = 0; index && i < index->count; i++)
+        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
+            strcmp(index->shards[i].tag, tag) == 0)
+            return &index->shards[i];
+    return NULL;
+}
+
+/*
+ * The checks made before anything is written, here or on the server:
+ * - one record of every shard to download (its newest) opens under the
+ *   store's key; with nothing to download but something to upload, one
+ *   record of another device's shard does, so a store with the wrong key
+ *   never uploads what no other device could read;
+ * - a shard to download is not pruned past the local end;
+ * - for each own shard to upload, the server's last record is the store's
+ *   record at that idx (else the store is an old copy that wrote again).
+ */
+static int preflight(sync_ctx *ctx, const rs_index *remote)
+{
+    const rs_diff *diff = ctx->diff;
+    char shard[SHARD_NAME];
+    int err, downloads = 0, uploads = 0;
+
+    for (size_t i = 0; i < diff->count; i++) {
+        const rs_diff_op *op = &diff->ops[i];
+        if (op->kind != RS_DIFF_DOWNLOAD) {
+            uploads = 1;
+            continue;
+        }
+        downloads = 1;
+        const rs_shard *rs = find_shard(remote, &op->host, op->tag);
+        if (rs && rs->start > op->from) {
+            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            return rs__error(RS_EHOLE,
+                             "shard %s on server %s starts at idx %llu (older records were "
+                             "pruned) but this store ends at %llu: the records between are gone",
+                             shard, rs__client_url(ctx->client), (unsigned long long)rs->start,
+                             (unsigned long long)op->from);
+        }
+        if ((err = fetch_one(ctx, &op->host, op->tag, op->to - 1)) < 0 ||
+            (err = check_key(ctx)) < 0)
+            return err;
+    }
+    if (uploads && !downloads) {
+        for (size_t i = 0; remote && i < remote->count; i++) {
+            const rs_shard *rs = &remote->shards[i];
+            if (rs_uuid_cmp(&rs->host, &ctx->self) == 0 || rs->end <= rs->start)
+                continue;
+            if ((err = fetch_one(ctx, &rs->host, rs->tag, rs->end - 1)) < 0 ||
+                (err = check_key(ctx)) < 0)
+                return err;
+            break;
+        }
+    }
+    for (size_t i = 0; i < diff->count; i++) {
+        const rs_diff_op *op = &diff->ops[i];
+        const rs_shard *rs;
+        local_match m = {0};
+        if (op->kind != RS_DIFF_UPLOAD || op->from == 0)
+            continue;
+        rs = find_shard(remote, &op->host, op->tag);
+        if (rs == NULL || rs->start >= op->from)
+            continue;
+        if ((err = fetch_one(ctx, &op->host, op->tag, op->from - 1)) < 0)
+            return err;
+        m.remote = &ctx->one.records[0];
+        if ((err = rs_store_range(ctx->store, &op->host, op->tag, op->from - 1, op->from,
+                                  compare_local, &m)) < 0)
+            return err;
+        if (m.found && !m.same) {
+            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            return rs__error(RS_ECONFLICT,
+                             "this device's shard %s on server %s holds a different record at idx "
+                             "%llu than the store: was the store restored from an old copy and "
+                             "written to since? Refusing to upload a second history of the shard",
+                             shard, rs__client_url(ctx->client),
+                             (unsigned long long)(op->from - 1));
+        }
+    }
+    return 0;
+}
+
+/* ---- upload ---- */
+
+typedef struct up_slot {
+    rs_buf body;
+    size_t count;
+    size_t op;
+    uint64_t first;
+} up_slot;
+
+typedef struct up_job {
+    pipeline pl;
+    sync_ctx *ctx;
+    up_slot slots[PIPE_SLOTS];
+    uint64_t seq;
+    /* the producer's current page, in the callback of rs_store_range */
+    up_slot *cur;
+    size_t cur_index;
+    size_t op;
+    uint64_t expect;
+} up_job;
+
+static void *up_worker(void *arg)
+{
+    up_job *job = arg;
+    sync_ctx *ctx = job->ctx;
+    size_t s;
+    int ret;
+
+    while ((ret = pl_take_full(&job->pl, &s)) == 0) {
+        up_slot *slot = &job->slots[s];
+        const rs_diff_op *op = &ctx->diff->ops[slot->op];
+        const rs_buf *resp;
+        uint64_t accepted = 0, inserted = 0, seq = 0;
+        int err = rs__client_request(&resp, NULL, ctx->client, "/api/v1/records", slot->body.ptr,
+                                     slot->body.len, 1);
+        if (err == 0 && (err = rs_wire_upload_result_decode(&accepted, &inserted, &seq, resp->ptr,
+                                                            resp->len)) < 0)
+            err = rs__error(RS_ESERVER, "server %s answered an upload with: %s",
+                            rs__client_url(ctx->client), rs_error_last());
+        if (err == 0 && accepted != slot->count) {
+            char shard[SHARD_NAME];
+            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            err = rs__error(RS_ESERVER,
+                            "server %s accepted %llu of the %zu records of shard %s from idx %llu",
+                            rs__client_url(ctx->client), (unsigned long long)accepted, slot->count,
+                            shard, (unsigned long long)slot->first);
+        }
+        if (err < 0) {
+            pl_fail(&job->pl, err);
+            return NULL;
+        }
+        if (seq > job->seq)
+            job->seq = seq;
+        ctx->moved[slot->op] += slot->count;
+        pl_put_free(&job->pl, s, slot->count);
+    }
+    return NULL;
+}
+
+/* Hands the current page to the worker. */
+static int up_flush(up_job *job)
+{
+    int err;
+    if (job->cur == NULL)
+        return 0;
+    if ((err = rs_wire_upload_end(&job->cur->body)) < 0)
+        return err;
+    pl_put_full(&job->pl, job->cur_index);
+    job->cur = NULL;
+    return 0;
+}
+
+static int up_add(const rs_record *rec, void *payload)
+{
+    up_job *job = payload;
+    sync_ctx *ctx = job->ctx;
+    int err;
+
+    if (rec->idx != job->expect) {
+        char shard[SHARD_NAME];
+        rs__shard_name(shard, sizeof(shard), &rec->host, rec->tag);
+        return rs__error(RS_EHOLE, "local shard %s has no record at idx %llu (found %llu next)",
+                         shard, (unsigned long long)job->expect, (unsigned long long)rec->idx);
+    }
+    if (job->cur && (job->cur->count >= ctx->opts.page_records ||
+                     job->cur->body.len + rs_wire_record_size(rec) + 2 > ctx->opts.page_bytes)) {
+        if ((err = up_flush(job)) < 0)
+            return err;
+    }
+    if (job->cur == NULL) {
+        size_t s;
+        progress(ctx, ctx->done + pl_done(&job->pl));
+        if ((err = pl_take_free(&job->pl, &s)) < 0)
+            return err;
+        job->cur = &job->slots[s];
+        job->cur_index = s;
+        job->cur->count = 0;
+        job->cur->op = job->op;
+        job->cur->first = rec->idx;
+        rs_buf_clear(&job->cur->body);
+        if ((err = rs_wire_records_begin(&job->cur->body)) < 0)
+            return err;
+    }
+    if ((err = rs_wire_records_add(&job->cur->body, rec)) < 0)
+        return err;
+    job->cur->count++;
+    job->expect++;
+    return 0;
+}
+
+static int upload_all(sync_ctx *ctx)
+{
+    up_job job;
+    pthread_t worker;
+    int err = 0, any = 0;
+
+    for (size_t i = 0; i < ctx->diff->count; i++)
+        any |= ctx->diff->ops[i].kind == RS_DIFF_UPLOAD;
+    if (!any)
+        return 0;
+    memset(&job, 0, sizeof(job));
+    pl_init(&job.pl);
+    job.ctx = ctx;
+    if (pthread_create(&worker, NULL, up_worker, &job) != 0) {
+        pl_destroy(&job.pl);
+        return rs__error(RS_ERROR, "cannot start the upload thread");
+    }
+    for (size_t i = 0; i < ctx->diff->count && err == 0; i++) {
+        const rs_diff_op *op = &ctx->diff->ops[i];
+        if (op->kind != RS_DIFF_UPLOAD)
+            continue;
+        job.op = i;
+        job.expect = op->from;
+        err = rs_store_range(ctx->store, &op->host, op->tag, op->from, op->to, up_add, &job);
+        if (err == 0 && job.expect != op->to) {
+            char shard[SHARD_NAME];
+            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            err = rs__error(RS_EHOLE, "local shard %s ends at idx %llu, before its index's %llu",
+                            shard, (unsigned long long)job.expect, (unsigned long long)op->to);
+        }
+        if (err == 0)
+            err = up_flush(&job);
+    }
+    if (err < 0)
+        pl_fail(&job.pl, err);
+    pl_producer_done(&job.pl);
+    pthread_join(worker, NULL);
+    if (err == 0 && job.pl.failed)
+        err = rs__error(job.pl.failed, "%s", job.pl.message);
+    ctx->done += job.pl.done;
+    if (job.seq > ctx->seq)
+        ctx->seq = job.seq;
+    for (size_t i = 0; i < PIPE_SLOTS; i++)
+        rs_buf_free(&job.slots[i].body);
+    pl_destroy(&job.pl);
+    return err;
+}
+
+/* ---- download ---- */
+
+typedef struct dl_slot {
+    rs_wire_batch batch;
+    size_t op;
+    uint64_t start;
+} dl_slot;
+
+typedef struct dl_job {
+    pipeline pl;
+    sync_ctx *ctx;
+    dl_slot slots[PIPE_SLOTS];
+} dl_job;
+
+static void *dl_worker(void *arg)
+{
+    dl_job *job = arg;
+    sync_ctx *ctx = job->ctx;
+    const char *url = rs__client_url(ctx->client);
+    char path[256];
+    int err = 0;
+
+    for (size_t i = 0; i < ctx->diff->count && err == 0; i++) {
+        const rs_diff_op *op = &ctx->diff->ops[i];
+        uint64_t start = op->from;
+        if (op->kind != RS_DIFF_DOWNLOAD)
+            continue;
+        while (start < op->to) {
+            uint64_t limit = op->to - start;
+            const rs_buf *resp;
+            size_t s;
+            if (limit > ctx->opts.page_records)
+                limit = ctx->opts.page_records;
+            if ((err = pl_take_free(&job->pl, &s)) < 0)
+                return NULL;
+            dl_slot *slot = &job->slots[s];
+            if ((err = records_path(path, sizeof(path), &op->host, op->tag, start, limit)) < 0 ||
+                (err = rs__client_request(&resp, NULL, ctx->client, path, NULL, 0, 1)) < 0)
+                break;
+            if ((err = rs_wire_decode_records(&slot->batch, resp->ptr, resp->len, RS_WIRE_PAGE,
+                                              0)) < 0) {
+                err = rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s", url,
+                                rs_error_last());
+                break;
+            }
+            if ((err = check_page(&slot->batch, &op->host, op->tag, start, limit, url)) < 0)
+                break;
+            slot->op = i;
+            slot->start = start;
+            start += slot->batch.count;
+            pl_put_full(&job->pl, s);
+        }
+    }
+    if (err < 0)
+        pl_fail(&job->pl, err);
+    else
+        pl_producer_done(&job->pl);
+    return NULL;
+}
+
+static int download_all(sync_ctx *ctx)
+{
+    dl_job job;
+    pthread_t worker;
+    size_t s;
+    int ret, err = 0, any = 0;
+
+    for (size_t i = 0; i < ctx->diff->count; i++)
+        any |= ctx->diff->ops[i].kind == RS_DIFF_DOWNLOAD;
+    if (!any)
+        return 0;
+    memset(&job, 0, sizeof(job));
+    pl_init(&job.pl);
+    job.ctx = ctx;
+    if (pthread_create(&worker, NULL, dl_worker, &job) != 0) {
+        pl_destroy(&job.pl);
+        return rs__error(RS_ERROR, "cannot start the download thread");
+    }
+    while ((ret = pl_take_full(&job.pl, &s)) == 0) {
+        dl_slot *slot = &job.slots[s];
+        size_t inserted = 0;
+        if ((err = rs_store_insert(&inserted, ctx->store, slot->batch.records, slot->batch.count)) <
+            0) {
+            const rs_diff_op *op = &ctx->diff->ops[slot->op];
+            char shard[SHARD_NAME];
+            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            err = rs__error(err, "page of shard %s from idx %llu refused, nothing of it kept: %s",
+                            shard, (unsigned long long)slot->start, rs_error_last());
+            pl_fail(&job.pl, err);
+            break;
+        }
+        ctx->moved[slot->op] += inserted;
+        ctx->done += slot->batch.count;
+        progress(ctx, ctx->done);
+        pl_put_free(&job.pl, s, slot->batch.count);
+    }
+    if (err == 0 && ret < 0)
+        err = ret;
+    pthread_join(worker, NULL);
+    for (size_t i = 0; i < PIPE_SLOTS; i++)
+        rs_wire_batch_free(&job.slots[i].batch);
+    pl_destroy(&job.pl);
+    return err;
+}
+
+/* ---- the last sync ---- */
+
+/* The remote index as the sync left it: the own shards uploaded end where the store does. */
+static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *diff, uint64_t seq)
+{
+    rs_index *idx = rs__calloc(1, sizeof(*idx));
+    int err = 0;
+    if (idx == NULL)
+        return rs__error(RS_ENOMEM, "out of memory copying an index");
+    for (size_t i = 0; i < remote->count && err == 0; i++)
+        err = rs_index_add(idx, &remote->shards[i].host, remote->shards[i].tag,
+                           remote->shards[i].start, remote->shards[i].end);
+    for (size_t i = 0; i < diff->count && err == 0; i++) {
+        const rs_diff_op *op = &diff->ops[i];
+        rs_shard *sh;
+        if (op->kind != RS_DIFF_UPLOAD)
+            continue;
+        sh = (rs_shard *)find_shard(idx, &op->host, op->tag);
+        if (sh)
+            sh->end = op->to;
+        else
+            err = rs_index_add(idx, &op->host, op->tag, 0, op->to);
+    }
+    idx->seq = seq;
+    if (err < 0) {
+        rs_index_free(idx);
+        return err;
+    }
+    *out = idx;
+    return 0;
+}
+
+static int save_last(rs_store *store, const rs_sync_report *report, const rs_index *remote)
+{
+    rs_buf last = {0}, index = {0};
+    int err;
+    if ((err = rs_buf_printf(&last,
+                             "{\"time_ms\":%llu,\"outcome\":\"%s\",\"uploaded\":%llu,"
+                             "\"downloaded\":%llu,\"seq\":%llu}",
+                             (unsigned long long)rs_now_ms(), rs_sync_outcome_name(report->outcome),
+                             (unsigned long long)report->uploaded,
+                             (unsigned long long)report->downloaded,
+                             (unsigned long long)report->seq)) < 0 ||
+        (err = rs_wire_index_encode(&index, remote)) < 0)
+        goto done;
+    if ((err = rs_store_begin(store)) < 0)
+        goto done;
+    if ((err = rs_store_meta_set(store, RS_META_LAST_SYNC, last.ptr)) < 0 ||
+        (err = rs_store_meta_set(store, RS_META_LAST_INDEX, index.ptr)) < 0) {
+        rs_store_rollback(store);
+        goto done;
+    }
+    err = rs_store_commit(store);
+done:
+    rs_buf_free(&last);
+    rs_buf_free(&index);
+    return err;
+}
+
+static int json_u64(uint64_t *out, const json_t *obj, const char *name)
+{
+    const json_t *v = json_object_get(obj, name);
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return RS_EINVAL;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+int rs_sync_last_get(rs_sync_last **out, rs_store *store)
+{
+    char *text = NULL, *index = NULL;
+    json_t *root = NULL;
+    rs_sync_last *last = NULL;
+    int err;
+
+    if ((err = rs_store_meta_get(&text, store, RS_META_LAST_SYNC)) < 0) {
+        if (err == RS_ENOTFOUND)
+            rs__error(RS_ENOTFOUND, "store %s has not synced yet", rs_store_dir(store));
+        return err;
+    }
+    if ((last = rs__calloc(1, sizeof(*last))) == NULL) {
+        err = rs__error(RS_ENOMEM, "out of memory");
+        goto done;
+    }
+    root = json_loads(text, 0, NULL);
+    if (root == NULL || json_u64(&last->time_ms, root, "time_ms") < 0 ||
+        json_u64(&last->uploaded, root, "uploaded") < 0 ||
+        json_u64(&last->downloaded, root, "downloaded") < 0 ||
+        json_u64(&last->seq, root, "seq") < 0 ||
+        rs_sync_outcome_parse(&last->outcome, json_string_value(json_object_get(root, "outcome"))) <
+            0) {
+        err = rs__error(RS_EIO, "store %s: setting %s is corrupt", rs_store_dir(store),
+                        RS_META_LAST_SYNC);
+        goto done;
+    }
+    err = rs_store_meta_get(&index, store, RS_META_LAST_INDEX);
+    if (err == 0 && rs_wire_index_decode(&last->remote, index, strlen(index)) < 0)
+        err = rs__error(RS_EIO, "store %s: setting %s is corrupt: %s", rs_store_dir(store),
+                        RS_META_LAST_INDEX, rs_error_last());
+    else if (err == RS_ENOTFOUND)
+        err = 0;
+done:
+    json_decref(root);
+    rs_free(text);
+    rs_free(index);
+    if (err < 0) {
+        rs_sync_last_free(last);
+        return err;
+    }
+    *out = last;
+    return 0;
+}
+
+void rs_sync_last_free(rs_sync_last *last)
+{
+    if (last == NULL)
+        return;
+    rs_index_free(last->remote);
+    rs_free(last);
+}
+
+/* ---- sync ---- */
+
+void rs_sync_report_free(rs_sync_report *report)
+{
+    if (report == NULL)
+        return;
+    rs_free(report->shards);
+    rs_free(report);
+}
+
+static int make_report(rs_sync_report **out, const sync_ctx *ctx, uint64_t started)
+{
+    const rs_diff *diff = ctx->diff;
+    rs_sync_report *r = rs__calloc(1, sizeof(*r));
+    if (r == NULL ||
+        (r->shards = rs__calloc(diff->count ? diff->count : 1, sizeof(rs_sync_shard))) == NULL) {
+        rs_sync_report_free(r);
+        return rs__error(RS_ENOMEM, "out of memory for the sync report");
+    }
+    for (size_t i = 0; i < diff->count; i++) {
+        const rs_diff_op *op = &diff->ops[i];
+        if (ctx->moved[i] == 0)
+            continue;
+        rs_sync_shard *sh = &r->shards[r->count++];
+        sh->host = op->host;
+        snprintf(sh->tag, sizeof(sh->tag), "%s", op->tag);
+        if (op->kind == RS_DIFF_UPLOAD) {
+            sh->uploaded = ctx->moved[i];
+            r->uploaded += ctx->moved[i];
+        } else {
+            sh->downloaded = ctx->moved[i];
+            r->downloaded += ctx->moved[i];
+        }
+    }
+    r->outcome = r->uploaded && r->downloaded ? RS_SYNC_MERGE
+                 : r->uploaded                ? RS_SYNC_PUSH
+                 : r->downloaded              ? RS_SYNC_PULL
+                                              : RS_SYNC_NOOP;
+    r->seq = ctx->seq;
+    r->elapsed_ms = monotonic_ms() - started;
+    *out = r;
+    return 0;
+}
+
+int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
+{
+    uint64_t started = monotonic_ms();
+    sync_ctx ctx;
+    rs_client_opts copts = {0};
+    rs_index *local = NULL, *remote = NULL, *after = NULL;
+    rs_diff *diff = NULL;
+    rs_sync_report *report = NULL;
+    int err;
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.store = store;
+    if (opts)
+        ctx.opts = *opts;
+    if (ctx.opts.page_records == 0)
+        ctx.opts.page_records = RS_SYNC_DEFAULT_PAGE_RECORDS;
+    if (ctx.opts.page_bytes == 0)
+        ctx.opts.page_bytes = RS_SYNC_DEFAULT_PAGE_BYTES;
+    copts.connect_timeout_ms = ctx.opts.connect_timeout_ms;
+    copts.timeout_ms = ctx.opts.timeout_ms;
+    rs_store_host(&ctx.self, store);
+
+    if ((err = store_client(&ctx.client, store, &copts)) < 0 ||
+        (err = fetch_index(&remote, ctx.client)) < 0 || (err = rs_store_index(&local, store)) < 0 ||
+        (err = rs_index_diff(&diff, local, remote, &ctx.self)) < 0)
+        goto done;
+    ctx.diff = diff;
+    ctx.seq = remote->seq;
+    if ((ctx.moved = rs__calloc(diff->count ? diff->count : 1, sizeof(uint64_t))) == NULL) {
+        err = rs__error(RS_ENOMEM, "out of memory planning a sync");
+        goto done;
+    }
+    for (size_t i = 0; i < diff->count; i++)
+        ctx.total += diff->ops[i].to - diff->ops[i].from;
+    if (diff->count > 0 && (err = preflight(&ctx, remote)) < 0)
+        goto done;
+    progress(&ctx, 0);
+    if ((err = upload_all(&ctx)) < 0 || (err = download_all(&ctx)) < 0)
+        goto done;
+    progress(&ctx, ctx.total);
+    if ((err = make_report(&report, &ctx, started)) < 0 ||
+        (err = remote_after(&after, remote, diff, ctx.seq)) < 0 ||
+        (err = save_last(store, report, after)) < 0)
+        goto done;
+    *out = report;
+    report = NULL;
+done:
+    rs_sync_report_free(report);
+    rs_index_free(after);
+    rs_index_free(local);
+    rs_index_free(remote);
+    rs_diff_free(diff);
+    rs_free(ctx.moved);
+    rs_wire_batch_free(&ctx.one);
+    rs__client_free(ctx.client);
+    return err;
+}
