@@ -762,7 +762,7 @@ static int entry_id(rs_uuid *out, seen_table *seen, const parsed *e, const char 
     static const char domain[] = "recsync history import v1";
     crypto_generichash_state h;
     uint8_t base[16], num[8];
-    uint32_t ordinal;
+    uint32_t ordinal = 0;
     int err;
 
     crypto_generichash_init(&h, NULL, 0, sizeof(base));
