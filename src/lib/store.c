@@ -434,6 +434,26 @@ void rs_store_free(rs_store *store)
     rs_free(store);
 }
 
+/*
+ * Test hook for the wall clock a store's HLC reads, set from the
+ * environment of tests only (docs/conventions.md, "Test hooks"):
+ * RECSYNC_CLOCK_OFFSET_MS (signed) shifts the system clock, so a test can
+ * run one device's clock behind the others; RECSYNC_CLOCK_PIN_MS fixes it at
+ * that Unix millisecond, so two devices can write in the same millisecond.
+ * With neither set the store reads the system clock, as it always does
+ * outside tests.
+ */
+static uint64_t test_hook_clock(void *ctx)
+{
+    const char *pin = getenv("RECSYNC_CLOCK_PIN_MS"), *offset = getenv("RECSYNC_CLOCK_OFFSET_MS");
+    int64_t now;
+    (void)ctx;
+    if (pin && *pin)
+        return strtoull(pin, NULL, 10);
+    now = (int64_t)rs_now_ms() + (offset && *offset ? strtoll(offset, NULL, 10) : 0);
+    return now > 0 ? (uint64_t)now : 0;
+}
+
 /* Registers the tags every store has (kv, history); defined in their modules. */
 int rs__register_builtin_tags(rs_store *store);
 
@@ -465,6 +485,8 @@ static int store_open_db(rs_store **out, const char *dir, const rs_store_opts *o
         store->opts.busy_timeout_ms = DEFAULT_BUSY_TIMEOUT_MS;
     rs_hlc_clock_init(&store->clock, 0);
     store->clock.max_drift_ms = store->opts.max_drift_ms;
+    if (getenv("RECSYNC_CLOCK_OFFSET_MS") || getenv("RECSYNC_CLOCK_PIN_MS"))
+        store->clock.now_ms = test_hook_clock;
 
     if (!create && !file_exists(path)) {
         err = rs__error(RS_ENOTFOUND, "no recsync store in %s (run 'recsync init')", dir);
