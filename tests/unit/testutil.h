@@ -36,7 +36,8 @@ static inline void test_rmtree(const char *path)
             char child[TEST_PATH_MAX * 2];
             if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0)
                 continue;
-            snprintf(child, sizeof(child), "%s/%s", path, ent->d_name);
+            if ((size_t)snprintf(child, sizeof(child), "%s/%s", path, ent->d_name) >= sizeof(child))
+                continue;
             test_rmtree(child);
         }
         closedir(dir);
