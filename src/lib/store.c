@@ -329,9 +329,28 @@ typedef struct op_txn {
     rs_hlc clock_before;
 } op_txn;
 
+/*
+ * SQLite may roll a whole transaction back by itself after some errors
+ * (out of memory, disk full, I/O). Inside the caller's transaction that
+ * would silently drop the batch so far and let later operations commit one
+ * by one, so once it has happened every operation and the commit fail
+ * until the caller rolls back.
+ */
+static int explicit_txn_lost(rs_store *store)
+{
+    if (!sqlite3_get_autocommit(store->db))
+        return 0;
+    return rs__error(RS_EIO,
+                     "the transaction on store %s was rolled back by the database after an "
+                     "earlier failure: nothing of it was kept; roll back and start again",
+                     store->dir);
+}
+
 static int op_begin(op_txn *t, rs_store *store)
 {
     int err;
+    if (store->explicit_txn && (err = explicit_txn_lost(store)) < 0)
+        return err;
     if (store->explicit_txn)
         err = rs__exec(store, "SAVEPOINT rs_op", "starting a savepoint");
     else
@@ -386,7 +405,7 @@ int rs_store_commit(rs_store *store)
     int err;
     if (!store->explicit_txn)
         return rs__error(RS_EINVAL, "no transaction is open on store %s", store->dir);
-    if ((err = save_clock(store)) < 0 ||
+    if ((err = explicit_txn_lost(store)) < 0 || (err = save_clock(store)) < 0 ||
         (err = rs__exec(store, "COMMIT", "committing a transaction")) < 0) {
         rs_store_rollback(store);
         return err;
@@ -525,8 +544,10 @@ static int load_host(rs_store *store)
 {
     char *text = NULL;
     int err = meta_get_raw(&text, store, "host");
-    if (err < 0)
+    if (err == RS_ENOTFOUND)
         return rs__error(RS_EIO, "store %s has no host id: %s", store->dir, rs_error_last());
+    if (err < 0)
+        return err;
     err = rs_uuid_parse(&store->host, text);
     rs_free(text);
     return err < 0 ? rs__error(RS_EIO, "store %s: host id is corrupt", store->dir) : 0;
@@ -540,11 +561,29 @@ static int store_finish_open(rs_store *store)
     return rs__register_builtin_tags(store);
 }
 
+/*
+ * Removes the files of a store whose init failed after it created them (the
+ * database with its WAL and shared-memory files, then the key), so the
+ * directory can be initialized again. Allocates nothing: it runs on the
+ * failure path, out of memory included.
+ */
+static void remove_new_store(const char *db_path, const char *key_path)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    char path[4096];
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        if ((size_t)snprintf(path, sizeof(path), "%s%s", db_path, suffixes[i]) < sizeof(path))
+            unlink(path);
+    }
+    unlink(key_path);
+}
+
 static int store_create(rs_store **out, const char *dir, rs_key *key, const rs_store_opts *opts)
 {
     rs_store *store = NULL;
     char *db_path = NULL, *key_path = NULL, *key_text = NULL;
     char host_text[RS_UUID_STRLEN + 1];
+    bool key_written = false;
     int err;
 
     if ((err = ensure_init()) < 0)
@@ -561,10 +600,14 @@ static int store_create(rs_store **out, const char *dir, rs_key *key, const rs_s
         err = rs__error(RS_EEXISTS, "%s already holds a recsync store; nothing was changed", dir);
         goto done;
     }
-    /* The key first: a crash after it leaves a dir that init refuses, key intact. */
+    /*
+     * The key first: a crash after it leaves a dir that init refuses, key
+     * intact. A failure reported here instead removes what this call made.
+     */
     if ((err = rs__key_to_text(&key_text, key)) < 0 ||
         (err = write_secret_file(key_path, key_text, true)) < 0)
         goto done;
+    key_written = true;
     if ((err = store_open_db(&store, dir, opts, true)) < 0)
         goto done;
     rs_uuid_random(&store->host);
@@ -587,12 +630,15 @@ done:
         rs_free(key_text);
     }
     rs__key_free(key);
-    rs_free(db_path);
-    rs_free(key_path);
     if (err < 0) {
         rs_store_free(store);
-        return err;
+        if (key_written)
+            remove_new_store(db_path, key_path);
     }
+    rs_free(db_path);
+    rs_free(key_path);
+    if (err < 0)
+        return err;
     *out = store;
     return 0;
 }
@@ -993,14 +1039,15 @@ int rs_store_insert(size_t *inserted, rs_store *store, const rs_record *records,
         }
         if (rec->data_len >= RS_ENVELOPE_OVERHEAD &&
             rec->data_len - RS_ENVELOPE_OVERHEAD > plain_cap) {
-            uint8_t *grown;
-            plain_cap = rec->data_len - RS_ENVELOPE_OVERHEAD;
-            grown = rs__realloc(plain, plain_cap);
+            size_t need = rec->data_len - RS_ENVELOPE_OVERHEAD;
+            uint8_t *grown = rs__realloc(plain, need);
             if (grown == NULL) {
+                /* plain_cap still sizes the old block, which is wiped below. */
                 err = rs__error(RS_ENOMEM, "out of memory opening records");
                 goto fail;
             }
             plain = grown;
+            plain_cap = need;
         }
         if (plain == NULL && (plain = rs__malloc(1)) == NULL) {
             err = rs__error(RS_ENOMEM, "out of memory opening records");
