@@ -299,7 +299,7 @@ static void append_takes_the_next_idx_of_its_shard(void **state)
 
     rs_store_host(&host, store);
     for (int i = 0; i < 30; i++) {
-        const char *tag = i % 3 ? "kv" : "notes";
+        const char *tag = i % 3 ? "things" : "notes";
         append_text(&rec, store, tag, "x");
         assert_int_equal(rec.idx, i % 3 ? kv++ : notes++);
         assert_memory_equal(rec.host.bytes, host.bytes, 16);
@@ -311,7 +311,7 @@ static void append_takes_the_next_idx_of_its_shard(void **state)
         /* The record id carries the clock's millisecond (UUIDv7). */
         assert_int_equal(rec.id.bytes[6] >> 4, 7);
     }
-    assert_int_equal(shard_end(store, &host, "kv"), 20);
+    assert_int_equal(shard_end(store, &host, "things"), 20);
     assert_int_equal(shard_end(store, &host, "notes"), 10);
     OK(rs_store_get(&got, store, &rec.id));
     assert_int_equal(got->idx, rec.idx);
@@ -356,17 +356,17 @@ static void range_reads_a_page_in_idx_order_and_stops_when_asked(void **state)
     int seen = 0;
 
     for (int i = 0; i < 10; i++)
-        append_text(&rec, store, "kv", "v");
+        append_text(&rec, store, "things", "v");
     rs_store_host(&host, store);
     memset(&l, 0, sizeof(l));
-    OK(rs_store_range(store, &host, "kv", 3, 7, collect, &l));
+    OK(rs_store_range(store, &host, "things", 3, 7, collect, &l));
     assert_int_equal(l.count, 4);
     for (size_t i = 0; i < l.count; i++)
         assert_int_equal(l.recs[i].idx, 3 + i);
     rec_list_free(&l);
     OK(rs_store_range(store, &host, "nope", 0, 10, collect, &l));
     assert_int_equal(l.count, 0);
-    assert_int_equal(rs_store_range(store, &host, "kv", 0, 10, stop_at_third, &seen), 77);
+    assert_int_equal(rs_store_range(store, &host, "things", 0, 10, stop_at_third, &seen), 77);
     assert_int_equal(seen, 3);
     rs_store_free(store);
 }
@@ -383,14 +383,14 @@ static void insert_accepts_another_devices_records_in_order(void **state)
     for (int i = 0; i < 5; i++) {
         char text[16];
         snprintf(text, sizeof(text), "b%d", i);
-        append_text(&rec, b, "kv", text);
+        append_text(&rec, b, "things", text);
     }
     rs_store_host(&hb, b);
-    shard_records(&l, b, &hb, "kv");
+    shard_records(&l, b, &hb, "things");
     OK(rs_store_insert(&inserted, a, l.recs, l.count));
     assert_int_equal(inserted, 5);
-    assert_int_equal(shard_end(a, &hb, "kv"), 5);
-    shard_records(&got, a, &hb, "kv");
+    assert_int_equal(shard_end(a, &hb, "things"), 5);
+    shard_records(&got, a, &hb, "things");
     assert_int_equal(got.count, 5);
     for (size_t i = 0; i < 5; i++) {
         char text[16];
@@ -400,7 +400,7 @@ static void insert_accepts_another_devices_records_in_order(void **state)
         expect_payload(a, &got.recs[i], text);
     }
     /* The receiver's clock moved past what it received. */
-    append_text(&rec, a, "kv", "after");
+    append_text(&rec, a, "things", "after");
     assert_true(rec.hlc > l.recs[4].hlc);
     expect_verifies(a);
     rec_list_free(&l);
@@ -419,12 +419,12 @@ static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
     char shard[RS_UUID_STRLEN + 1];
 
     for (int i = 0; i < 6; i++)
-        append_text(&rec, b, "kv", "k");
+        append_text(&rec, b, "things", "k");
     for (int i = 0; i < 2; i++)
         append_text(&rec, b, "notes", "n");
     rs_store_host(&hb, b);
     rs_uuid_format(shard, &hb);
-    shard_records(&kv, b, &hb, "kv");
+    shard_records(&kv, b, &hb, "things");
     shard_records(&notes, b, &hb, "notes");
     OK(rs_store_insert(NULL, a, kv.recs, 2));
 
@@ -436,7 +436,7 @@ static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
     assert_int_equal(rs_store_insert(NULL, a, batch, 3), RS_EHOLE);
     assert_non_null(strstr(rs_error_last(), shard));
     assert_non_null(strstr(rs_error_last(), "expected idx 4"));
-    assert_int_equal(shard_end(a, &hb, "kv"), 2);
+    assert_int_equal(shard_end(a, &hb, "things"), 2);
     assert_int_equal(record_count(a), 2);
 
     /* A good run of one shard, then a hole in another: the good run goes too. */
@@ -453,7 +453,7 @@ static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
 
     /* Then in order, it goes in. */
     OK(rs_store_insert(NULL, a, kv.recs + 2, 4));
-    assert_int_equal(shard_end(a, &hb, "kv"), 6);
+    assert_int_equal(shard_end(a, &hb, "things"), 6);
     expect_verifies(a);
     rec_list_free(&kv);
     rec_list_free(&notes);
@@ -471,16 +471,16 @@ static void insert_skips_an_identical_record_at_a_taken_idx(void **state)
     size_t inserted = 99;
 
     for (int i = 0; i < 5; i++)
-        append_text(&rec, b, "kv", "same");
+        append_text(&rec, b, "things", "same");
     rs_store_host(&hb, b);
-    shard_records(&l, b, &hb, "kv");
+    shard_records(&l, b, &hb, "things");
     OK(rs_store_insert(&inserted, a, l.recs, 3));
     assert_int_equal(inserted, 3);
     OK(rs_store_insert(&inserted, a, l.recs, 5));
     assert_int_equal(inserted, 2);
     OK(rs_store_insert(&inserted, a, l.recs, 5));
     assert_int_equal(inserted, 0);
-    assert_int_equal(shard_end(a, &hb, "kv"), 5);
+    assert_int_equal(shard_end(a, &hb, "things"), 5);
     assert_int_equal(record_count(a), 5);
     expect_verifies(a);
     rec_list_free(&l);
@@ -500,14 +500,14 @@ static void insert_refuses_a_different_record_at_a_taken_idx(void **state)
     size_t inserted = 99;
 
     for (int i = 0; i < 3; i++)
-        append_text(&rec, b, "kv", "original");
+        append_text(&rec, b, "things", "original");
     rs_store_host(&hb, b);
     rs_uuid_format(shard, &hb);
-    shard_records(&l, b, &hb, "kv");
+    shard_records(&l, b, &hb, "things");
     OK(rs_store_insert(NULL, a, l.recs, 3));
 
     /* A new record claiming idx 1 (a device whose store was lost, say). */
-    craft(&other, &buf, b, &hb, "kv", 1, l.recs[1].hlc + 5, "impostor");
+    craft(&other, &buf, b, &hb, "things", 1, l.recs[1].hlc + 5, "impostor");
     rs_error_clear();
     assert_int_equal(rs_store_insert(&inserted, a, &other, 1), RS_ECONFLICT);
     assert_non_null(strstr(rs_error_last(), shard));
@@ -522,15 +522,15 @@ static void insert_refuses_a_different_record_at_a_taken_idx(void **state)
     assert_int_equal(rs_store_insert(NULL, a, &other, 1), RS_ECONFLICT);
 
     /* In a batch whose other records are new, nothing is kept. */
-    append_text(&rec, b, "kv", "fourth");
+    append_text(&rec, b, "things", "fourth");
     rec_list_free(&l);
-    shard_records(&l, b, &hb, "kv");
+    shard_records(&l, b, &hb, "things");
     batch[0] = l.recs[3];
     batch[1] = other;
     assert_int_equal(rs_store_insert(NULL, a, batch, 2), RS_ECONFLICT);
-    assert_int_equal(shard_end(a, &hb, "kv"), 3);
+    assert_int_equal(shard_end(a, &hb, "things"), 3);
 
-    shard_records(&got, a, &hb, "kv");
+    shard_records(&got, a, &hb, "things");
     assert_int_equal(got.count, 3);
     assert_memory_equal(got.recs[1].id.bytes, l.recs[1].id.bytes, 16);
     expect_payload(a, &got.recs[1], "original");
@@ -552,9 +552,9 @@ static void insert_refuses_a_record_under_another_key_naming_both_keys(void **st
     rs_record rec;
     char ka[RS_KEY_ID_STRLEN + 1], kc[RS_KEY_ID_STRLEN + 1], id[RS_UUID_STRLEN + 1];
 
-    append_text(&rec, c, "kv", "secret");
+    append_text(&rec, c, "things", "secret");
     rs_store_host(&hc, c);
-    shard_records(&l, c, &hc, "kv");
+    shard_records(&l, c, &hc, "things");
     rs_store_key_id(ka, a);
     rs_store_key_id(kc, c);
     rs_uuid_format(id, &l.recs[0].id);
@@ -578,10 +578,10 @@ static void insert_refuses_a_tampered_record_naming_it(void **state)
     rs_record rec;
     char id[RS_UUID_STRLEN + 1];
 
-    append_text(&rec, b, "kv", "payload");
-    append_text(&rec, b, "kv", "payload two");
+    append_text(&rec, b, "things", "payload");
+    append_text(&rec, b, "things", "payload two");
     rs_store_host(&hb, b);
-    shard_records(&l, b, &hb, "kv");
+    shard_records(&l, b, &hb, "things");
     ((uint8_t *)l.recs[1].data)[l.recs[1].data_len - 3] ^= 0x20;
     rs_uuid_format(id, &l.recs[1].id);
     rs_error_clear();
@@ -611,7 +611,7 @@ static void insert_refuses_a_clock_beyond_the_drift_bound_naming_the_device(void
 
     rs_store_host(&hb, b);
     rs_uuid_format(host, &hb);
-    craft(&far, &far_buf, b, &hb, "kv", 0, RS_HLC_MAKE(now + 10 * 60 * 1000, 0), "fast clock");
+    craft(&far, &far_buf, b, &hb, "things", 0, RS_HLC_MAKE(now + 10 * 60 * 1000, 0), "fast clock");
     before = a->clock.last;
     rs_error_clear();
     assert_int_equal(rs_store_insert(NULL, a, &far, 1), RS_ECLOCK);
@@ -620,14 +620,14 @@ static void insert_refuses_a_clock_beyond_the_drift_bound_naming_the_device(void
     assert_int_equal(record_count(a), 0);
 
     /* A minute ahead is within the bound, and later writes order after it. */
-    craft(&near, &near_buf, b, &hb, "kv", 0, RS_HLC_MAKE(now + 60 * 1000, 0), "a bit fast");
+    craft(&near, &near_buf, b, &hb, "things", 0, RS_HLC_MAKE(now + 60 * 1000, 0), "a bit fast");
     OK(rs_store_insert(NULL, a, &near, 1));
-    append_text(&rec, a, "kv", "mine");
+    append_text(&rec, a, "things", "mine");
     assert_true(rec.hlc > near.hlc);
     /* Also after reopening: the clock was saved with the insert. */
     rs_store_free(a);
     a = open_store(f->a, NULL);
-    append_text(&rec, a, "kv", "mine again");
+    append_text(&rec, a, "things", "mine again");
     assert_true(rec.hlc > near.hlc);
     free(far_buf);
     free(near_buf);
@@ -647,21 +647,21 @@ static void append_refuses_a_payload_beyond_the_bound_at_write(void **state)
 
     assert_non_null(big);
     rs_error_clear();
-    assert_int_equal(rs_append(&rec, a, "kv", 1, big, 1001), RS_ETOOBIG);
+    assert_int_equal(rs_append(&rec, a, "things", 1, big, 1001), RS_ETOOBIG);
     assert_non_null(strstr(rs_error_last(), "1001"));
     assert_int_equal(record_count(a), 0);
-    OK(rs_append(&rec, a, "kv", 1, big, 1000));
+    OK(rs_append(&rec, a, "things", 1, big, 1000));
     assert_int_equal(rec.idx, 0);
 
     /* The default bound is 1 MiB. */
     b = init_sibling(f->b, a, NULL);
-    assert_int_equal(rs_append(&rec, b, "kv", 1, big, RS_DEFAULT_MAX_PAYLOAD + 1), RS_ETOOBIG);
-    OK(rs_append(&rec, b, "kv", 1, big, 2000));
+    assert_int_equal(rs_append(&rec, b, "things", 1, big, RS_DEFAULT_MAX_PAYLOAD + 1), RS_ETOOBIG);
+    OK(rs_append(&rec, b, "things", 1, big, 2000));
     assert_int_equal(rec.idx, 0);
 
     /* A received record beyond this store's bound is refused too. */
     rs_store_host(&hb, b);
-    shard_records(&l, b, &hb, "kv");
+    shard_records(&l, b, &hb, "things");
     rs_error_clear();
     assert_int_equal(rs_store_insert(NULL, a, l.recs, 1), RS_ETOOBIG);
     assert_int_equal(record_count(a), 1);
@@ -788,7 +788,13 @@ static void failing_append_inside_a_transaction_leaves_prior_appends_intact(void
 {
     fixture *f = *state;
     rs_store *store = init_store(f->a, NULL);
-    rs_tag_def def = {"picky", 1, picky_setup, picky_apply, picky_reset, NULL};
+    rs_tag_def def = {
+        .tag = "picky",
+        .version = 1,
+        .setup = picky_setup,
+        .apply = picky_apply,
+        .reset = picky_reset,
+    };
     rs_record rec;
     rs_uuid host;
     rec_list l;
@@ -837,7 +843,13 @@ static void register_applies_records_and_keeps_newer_versions_for_rebuild(void *
 {
     fixture *f = *state;
     rs_store *store = init_store(f->a, NULL);
-    rs_tag_def def = {"picky", 1, picky_setup, picky_apply, picky_reset, NULL};
+    rs_tag_def def = {
+        .tag = "picky",
+        .version = 1,
+        .setup = picky_setup,
+        .apply = picky_apply,
+        .reset = picky_reset,
+    };
     rs_record rec;
     char rows[256], id[RS_UUID_STRLEN + 1];
     warnings w = {0, ""};
@@ -938,7 +950,7 @@ static void verify_finds_a_flipped_byte_naming_the_record(void **state)
     int problems = 0;
 
     for (int i = 0; i < 10; i++)
-        append_text(&recs[i], store, i < 5 ? "kv" : "notes", "some payload to change");
+        append_text(&recs[i], store, i < 5 ? "things" : "notes", "some payload to change");
     OK(rs_store_verify(&report, store, NULL, NULL));
     assert_int_equal(report.records, 10);
     assert_int_equal(report.shards, 2);
@@ -973,7 +985,7 @@ static void verify_finds_a_missing_record_and_a_moved_one(void **state)
     char shard[RS_UUID_STRLEN + 1], id[RS_UUID_STRLEN + 1];
 
     for (int i = 0; i < 6; i++)
-        append_text(&recs[i], store, "kv", "v");
+        append_text(&recs[i], store, "things", "v");
     rs_store_host(&host, store);
     rs_uuid_format(shard, &host);
     db = raw_db(f->a);
@@ -987,7 +999,7 @@ static void verify_finds_a_missing_record_and_a_moved_one(void **state)
     test_rmtree(f->a);
     store = init_store(f->a, NULL);
     for (int i = 0; i < 6; i++)
-        append_text(&recs[i], store, "kv", "v");
+        append_text(&recs[i], store, "things", "v");
     /* Two records swap places: each opens only where it was sealed. */
     db = raw_db(f->a);
     raw_exec(db, "UPDATE records SET idx = 1000 WHERE idx = 1");
@@ -1012,7 +1024,7 @@ static void key_import_is_refused_while_records_exist_under_another_key(void **s
     rs_record rec;
     rs_record *got = NULL;
 
-    append_text(&rec, a, "kv", "under a's key");
+    append_text(&rec, a, "things", "under a's key");
     OK(rs_store_key_export(&text_c, c));
     rs_store_key_id(ka, a);
     rs_store_key_id(kc, c);
@@ -1053,7 +1065,7 @@ static void key_import_into_an_empty_store_replaces_the_key(void **state)
     OK(rs_store_key_import(a, padded));
     rs_store_key_id(after, a);
     assert_string_equal(after, kc);
-    append_text(&rec, a, "kv", "under c's key");
+    append_text(&rec, a, "things", "under c's key");
     rs_store_free(a);
     a = open_store(f->a, NULL);
     rs_store_key_id(after, a);
