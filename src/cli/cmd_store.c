@@ -147,7 +147,7 @@ int cmd_append(cli *c, int argc, char **argv)
     int opt, err, rc = EXIT_OK;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (opt) {
         case 'l':
             lines = true;
@@ -226,7 +226,7 @@ int cmd_log(cli *c, int argc, char **argv)
     int opt, err, rc = EXIT_OK;
 
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (opt) {
         case 't':
             tag = optarg;
