@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define B64 sodium_base64_VARIANT_ORIGINAL
-
 /* ---- rs_buf ---- */
 
 int rs_buf_reserve(rs_buf *buf, size_t extra)
@@ -185,6 +183,93 @@ char *rs_buf_detach(rs_buf *buf)
     return p;
 }
 
+/* ---- base64 ---- */
+
+static const char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Byte -> 0-63 for the alphabet, 64 for '=', 255 for anything else. */
+/* clang-format off */
+static const uint8_t b64_table[256] = {
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,  62, 255, 255, 255,  63,
+     52,  53,  54,  55,  56,  57,  58,  59,  60,  61, 255, 255, 255,  64, 255, 255,
+    255,   0,   1,   2,   3,   4,   5,   6,   7,   8,   9,  10,  11,  12,  13,  14,
+     15,  16,  17,  18,  19,  20,  21,  22,  23,  24,  25, 255, 255, 255, 255, 255,
+    255,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,  36,  37,  38,  39,  40,
+     41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+};
+/* clang-format on */
+
+size_t rs_base64_encode(char *out, const uint8_t *in, size_t len)
+{
+    char *p = out;
+    size_t i = 0;
+    for (; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        p[0] = b64_chars[v >> 18];
+        p[1] = b64_chars[(v >> 12) & 63];
+        p[2] = b64_chars[(v >> 6) & 63];
+        p[3] = b64_chars[v & 63];
+        p += 4;
+    }
+    if (i < len) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0);
+        p[0] = b64_chars[v >> 18];
+        p[1] = b64_chars[(v >> 12) & 63];
+        p[2] = i + 1 < len ? b64_chars[(v >> 6) & 63] : '=';
+        p[3] = '=';
+        p += 4;
+    }
+    return (size_t)(p - out);
+}
+
+int rs_base64_decode(uint8_t *out, size_t *out_len, const char *in, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)in;
+    size_t o = 0;
+    if (len % 4 != 0)
+        return RS_EINVAL;
+    for (size_t i = 0; i < len; i += 4) {
+        uint32_t a = b64_table[s[i]], b = b64_table[s[i + 1]], c = b64_table[s[i + 2]],
+                 d = b64_table[s[i + 3]];
+        if ((a | b | c | d) < 64) {
+            uint32_t v = a << 18 | b << 12 | c << 6 | d;
+            out[o] = (uint8_t)(v >> 16);
+            out[o + 1] = (uint8_t)(v >> 8);
+            out[o + 2] = (uint8_t)v;
+            o += 3;
+            continue;
+        }
+        /* Padding: only in the last quantum, as "xx==" or "xxx=", with unused bits zero. */
+        if (i + 4 != len || a >= 64 || b >= 64 || d != 64)
+            return RS_EINVAL;
+        if (c == 64) {
+            if (b & 15)
+                return RS_EINVAL;
+            out[o++] = (uint8_t)(a << 2 | b >> 4);
+        } else if (c < 64) {
+            if (c & 3)
+                return RS_EINVAL;
+            out[o] = (uint8_t)(a << 2 | b >> 4);
+            out[o + 1] = (uint8_t)((b & 15) << 4 | c >> 2);
+            o += 2;
+        } else {
+            return RS_EINVAL;
+        }
+    }
+    *out_len = o;
+    return 0;
+}
+
 /* ---- encoding helpers (the caller has reserved room) ---- */
 
 /* Writes the decimal digits of v at p; returns the count. */
@@ -298,8 +383,7 @@ int rs_wire_records_add(rs_buf *out, const rs_record *rec)
     RAW(out, "\",\"version\":");
     raw_u64(out, rec->version);
     RAW(out, ",\"data\":\"");
-    sodium_bin2base64(out->ptr + out->len, b64 + 1, rec->data_len ? rec->data : (const uint8_t *)"",
-                      rec->data_len, B64);
+    rs_base64_encode(out->ptr + out->len, rec->data, rec->data_len);
     out->len += b64;
     RAW(out, "\"}");
     out->ptr[out->len] = '\0';
@@ -457,9 +541,7 @@ static int decode_record(rs_record *rec, uint8_t *dst, const json_t *obj, size_t
     const char *b64 = json_string_value(v);
     size_t b64len = json_string_length(v);
     size_t len = 0;
-    const char *end = NULL;
-    if (sodium_base642bin(dst, b64len / 4 * 3 + 3, b64, b64len, NULL, &len, &end, B64) != 0 ||
-        end != b64 + b64len)
+    if (rs_base64_decode(dst, &len, b64, b64len) < 0)
         return field_error(RS_EINVAL, where, i, "data", "not standard base64");
     if (len > max_data)
         return rs__error(RS_ETOOBIG,
@@ -472,6 +554,251 @@ static int decode_record(rs_record *rec, uint8_t *dst, const json_t *obj, size_t
     return 0;
 }
 
+/*
+ * The fast path: a scanner for exactly the shape recsync itself writes
+ * (records with the seven known fields, each once, strings without
+ * escapes, plain integers), decoding in one pass with no allocation per
+ * record. Anything else -- an unknown or repeated key, an escape, a
+ * number with a sign, fraction or exponent, any invalid field -- makes it
+ * give up (FAST_GIVE_UP) and the jansson path decodes the text instead,
+ * with the exact error messages. So the fast path only ever accepts input
+ * that the jansson path accepts with the same result.
+ */
+#define FAST_GIVE_UP 1
+
+typedef struct scanner {
+    const char *p;
+    const char *end;
+} scanner;
+
+static void skip_ws(scanner *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+static int take(scanner *s, char c)
+{
+    skip_ws(s);
+    if (s->p < s->end && *s->p == c) {
+        s->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string of printable ASCII without escapes; *out points into the text. */
+static int plain_string(scanner *s, const char **out, size_t *len)
+{
+    if (!take(s, '"'))
+        return 0;
+    const char *start = s->p;
+    while (s->p < s->end) {
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            *out = start;
+            *len = (size_t)(s->p - start);
+            s->p++;
+            return 1;
+        }
+        if (c == '\\' || c < 0x20 || c >= 0x80)
+            return 0;
+        s->p++;
+    }
+    return 0;
+}
+
+/*
+ * A string whose content the caller validates itself (base64: any quote,
+ * backslash or control byte in it fails that check), found with memchr.
+ */
+static int quick_string(scanner *s, const char **out, size_t *len)
+{
+    if (!take(s, '"'))
+        return 0;
+    const char *q = memchr(s->p, '"', (size_t)(s->end - s->p));
+    if (q == NULL)
+        return 0;
+    *out = s->p;
+    *len = (size_t)(q - s->p);
+    s->p = q + 1;
+    return 1;
+}
+
+/* An integer of digits only (no sign, no leading zero, no fraction), at most `max`. */
+static int plain_u64(scanner *s, uint64_t *out, uint64_t max)
+{
+    skip_ws(s);
+    const char *start = s->p;
+    uint64_t v = 0;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+        unsigned d = (unsigned)(*s->p - '0');
+        if (v > (max - d) / 10)
+            return 0;
+        v = v * 10 + d;
+        s->p++;
+    }
+    size_t n = (size_t)(s->p - start);
+    if (n == 0 || (n > 1 && *start == '0'))
+        return 0;
+    if (s->p < s->end && (*s->p == '.' || *s->p == 'e' || *s->p == 'E'))
+        return 0;
+    *out = v;
+    return 1;
+}
+
+static int fixed_text(char *buf, size_t size, const char *text, size_t len)
+{
+    if (len >= size)
+        return 0;
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    return 1;
+}
+
+enum { F_ID = 1, F_HOST = 2, F_TAG = 4, F_IDX = 8, F_HLC = 16, F_VERSION = 32, F_DATA = 64 };
+
+/* One record object into rec, its envelope at dst. 0 or FAST_GIVE_UP. */
+static int fast_record(scanner *s, rs_record *rec, uint8_t *dst, size_t max_data)
+{
+    unsigned seen = 0;
+    char buf[RS_UUID_STRLEN + 1 > RS_TAG_MAX + 1 ? RS_UUID_STRLEN + 1 : RS_TAG_MAX + 1];
+    if (!take(s, '{'))
+        return FAST_GIVE_UP;
+    do {
+        const char *key, *v;
+        size_t klen, vlen;
+        uint64_t n;
+        unsigned f;
+        if (!plain_string(s, &key, &klen) || !take(s, ':'))
+            return FAST_GIVE_UP;
+#define KEY(lit) (klen == sizeof(lit) - 1 && memcmp(key, lit, klen) == 0)
+        if (KEY("id") || KEY("host")) {
+            f = KEY("id") ? F_ID : F_HOST;
+            if (!plain_string(s, &v, &vlen) || vlen != RS_UUID_STRLEN ||
+                !fixed_text(buf, sizeof(buf), v, vlen) ||
+                rs_uuid_parse(f == F_ID ? &rec->id : &rec->host, buf) < 0)
+                return FAST_GIVE_UP;
+        } else if (KEY("tag")) {
+            f = F_TAG;
+            if (!plain_string(s, &v, &vlen) || vlen > RS_TAG_MAX ||
+                !fixed_text(rec->tag, sizeof(rec->tag), v, vlen) || !rs_tag_valid(rec->tag))
+                return FAST_GIVE_UP;
+        } else if (KEY("idx")) {
+            f = F_IDX;
+            if (!plain_u64(s, &rec->idx, (uint64_t)INT64_MAX))
+                return FAST_GIVE_UP;
+        } else if (KEY("hlc")) {
+            f = F_HLC;
+            if (!plain_string(s, &v, &vlen) || vlen != RS_HLC_STRLEN ||
+                !fixed_text(buf, sizeof(buf), v, vlen) || rs_hlc_parse(&rec->hlc, buf) < 0)
+                return FAST_GIVE_UP;
+        } else if (KEY("version")) {
+            f = F_VERSION;
+            if (!plain_u64(s, &n, UINT32_MAX))
+                return FAST_GIVE_UP;
+            rec->version = (uint32_t)n;
+        } else if (KEY("data")) {
+            f = F_DATA;
+            size_t dlen = 0;
+            if (!quick_string(s, &v, &vlen) || vlen / 4 * 3 > max_data + 3 ||
+                rs_base64_decode(dst, &dlen, v, vlen) < 0 || dlen > max_data ||
+                dlen < RS_ENVELOPE_OVERHEAD || memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0)
+                return FAST_GIVE_UP;
+            rec->data = dst;
+            rec->data_len = dlen;
+        } else {
+            return FAST_GIVE_UP;
+        }
+#undef KEY
+        if (seen & f)
+            return FAST_GIVE_UP;
+        seen |= f;
+    } while (take(s, ','));
+    if (!take(s, '}') || seen != (F_ID | F_HOST | F_TAG | F_IDX | F_HLC | F_VERSION | F_DATA))
+        return FAST_GIVE_UP;
+    return 0;
+}
+
+/* Makes room for `n` records in `out`. */
+static int batch_reserve(rs_wire_batch *out, size_t n)
+{
+    if (n <= out->records_cap)
+        return 0;
+    size_t cap = out->records_cap ? out->records_cap : 64;
+    while (cap < n)
+        cap *= 2;
+    rs_record *r = rs__realloc(out->records, cap * sizeof(*r));
+    if (r == NULL)
+        return rs__error(RS_ENOMEM, "out of memory for %zu records", cap);
+    out->records = r;
+    out->records_cap = cap;
+    return 0;
+}
+
+/*
+ * Decodes the whole document on the fast path: 0, FAST_GIVE_UP, or a
+ * negative code (out of memory). The arena is sized once from the text
+ * length (base64 is longer than what it encodes), so record pointers into
+ * it stay valid.
+ */
+static int fast_decode(rs_wire_batch *out, const char *text, size_t len, rs_wire_kind kind,
+                       size_t max_data)
+{
+    scanner s = {text, text + len};
+    int err, have_records = 0, have_next = 0;
+    size_t arena = len / 4 * 3 + 3, used = 0;
+    if (arena > out->arena_cap) {
+        uint8_t *a = rs__realloc(out->arena, arena);
+        if (a == NULL)
+            return rs__error(RS_ENOMEM, "out of memory for %zu bytes of records", arena);
+        out->arena = a;
+        out->arena_cap = arena;
+    }
+    if (!take(&s, '{'))
+        return FAST_GIVE_UP;
+    do {
+        const char *key;
+        size_t klen;
+        if (!plain_string(&s, &key, &klen) || !take(&s, ':'))
+            return FAST_GIVE_UP;
+        if (klen == 7 && memcmp(key, "records", 7) == 0 && !have_records) {
+            have_records = 1;
+            if (!take(&s, '['))
+                return FAST_GIVE_UP;
+            if (take(&s, ']'))
+                continue;
+            do {
+                if ((err = batch_reserve(out, out->count + 1)) < 0)
+                    return err;
+                rs_record *rec = &out->records[out->count];
+                if (fast_record(&s, rec, out->arena + used, max_data) != 0)
+                    return FAST_GIVE_UP;
+                used += rec->data_len;
+                out->count++;
+            } while (take(&s, ','));
+            if (!take(&s, ']'))
+                return FAST_GIVE_UP;
+        } else if (kind == RS_WIRE_PAGE && klen == 4 && memcmp(key, "next", 4) == 0 && !have_next) {
+            have_next = 1;
+            skip_ws(&s);
+            if ((size_t)(s.end - s.p) >= 4 && memcmp(s.p, "null", 4) == 0) {
+                s.p += 4;
+            } else if (plain_u64(&s, &out->next, (uint64_t)INT64_MAX)) {
+                out->has_next = 1;
+            } else {
+                return FAST_GIVE_UP;
+            }
+        } else {
+            return FAST_GIVE_UP;
+        }
+    } while (take(&s, ','));
+    if (!take(&s, '}') || !have_records || (kind == RS_WIRE_PAGE && !have_next))
+        return FAST_GIVE_UP;
+    skip_ws(&s);
+    return s.p == s.end ? 0 : FAST_GIVE_UP;
+}
+
 int rs_wire_decode_records(rs_wire_batch *out, const char *text, size_t len, rs_wire_kind kind,
                            size_t max_data)
 {
@@ -479,6 +806,17 @@ int rs_wire_decode_records(rs_wire_batch *out, const char *text, size_t len, rs_
     int err;
     if (max_data == 0)
         max_data = RS_WIRE_DEFAULT_MAX_DATA;
+    out->count = 0;
+    out->has_next = 0;
+    out->next = 0;
+    err = fast_decode(out, text, len, kind, max_data);
+    if (err <= 0) {
+        if (err < 0) {
+            out->count = 0;
+            out->has_next = 0;
+        }
+        return err;
+    }
     out->count = 0;
     out->has_next = 0;
     out->next = 0;
@@ -946,7 +1284,7 @@ int rs_wire_upload_result_decode(uint64_t *accepted, uint64_t *inserted, uint64_
                                  const char *text, size_t len)
 {
     json_t *root = NULL;
-    uint64_t a, s, n = 0;
+    uint64_t a = 0, s = 0, n = 0;
     int err = parse_object(&root, text, len);
     if (err < 0)
         return err;

@@ -208,7 +208,7 @@ static void stream_free(void *cls)
 int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *dev, int has_after,
                    uint64_t after)
 {
-    uint64_t seq, floor;
+    uint64_t seq = 0, floor = 0;
     int err = rs_srv.backend->ops->seq(rs_srv.backend, &seq, &floor, dev->user);
     if (err < 0)
         return err;

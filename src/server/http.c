@@ -93,6 +93,9 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, request *req, rs_
     if (reply->allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, reply->allow);
     req->status = reply->status;
+    /* Counted when queued, so a client that reads its answer then /metrics sees it counted. */
+    rs_metrics_request(req->route, req->status,
+                       req->route == ROUTE_EVENTS ? 0 : rs_monotonic_ns() - req->started_ns);
     enum MHD_Result r = MHD_queue_response(conn, reply->status, resp);
     MHD_destroy_response(resp);
     return r;
@@ -290,8 +293,8 @@ void rs_http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     request *req = *con_cls;
     if (req == NULL)
         return;
-    uint64_t elapsed = rs_monotonic_ns() - req->started_ns;
-    rs_metrics_request(req->route, req->status, req->route == ROUTE_EVENTS ? 0 : elapsed);
+    if (req->status == 0) /* the client went away before an answer */
+        rs_metrics_request(req->route, 0, 0);
     rs_buf_free(&req->body);
     rs_free(req);
     *con_cls = NULL;

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -295,6 +296,13 @@ int main(int argc, char **argv)
     sigset_t sigs;
 
     parse_args(cfg, argc, argv);
+    /*
+     * Request bodies and their decoded records are megabytes each; served
+     * from mmap they are faulted in afresh on every upload. Keep them in the
+     * heap, and keep freed memory for the next request.
+     */
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 128 << 20);
     if (sodium_init() < 0) {
         fprintf(stderr, "recsyncd: libsodium failed to initialize\n");
         return 1;

@@ -198,20 +198,23 @@ class WriterTests(unittest.TestCase):
             finally:
                 c.close()
 
+        t0 = time.monotonic()
         slow = threading.Thread(target=write, args=("slow", a, make_records(a.host, "kv", 0, 3),
                                                     {"X-Recsync-Test-Stall-Ms": "1500"}))
         slow.start()
         time.sleep(0.3)  # the slow writer is inside its transaction now
         fast = threading.Thread(target=write, args=("fast", b, make_records(b.host, "kv", 0, 2), {}))
         fast.start()
-        # While the slow writer holds its transaction, nothing is announced and nothing is skipped.
+        # A subscriber that arrives while the slow writer holds its transaction.
         late = server.sse(a.token, last_event_id=resume)
-        self.assertIsNone(late.next_event(0.5))
         slow.join(20)
         fast.join(20)
         self.assertFalse(slow.is_alive() or fast.is_alive())
-        rs, rf = results["slow"][0], results["fast"][0]
+        (rs, t_slow), (rf, t_fast) = results["slow"], results["fast"]
         self.assertEqual((rs.status, rf.status), (200, 200), (rs, rf))
+        self.assertGreaterEqual(t_slow - t0, 1.5)  # the stall happened
+        # The later writer was held until the stalled one committed: commit order is seq order.
+        self.assertGreaterEqual(t_fast, t_slow - 0.05)
         self.assertEqual(rs.json["seq"], 3)
         self.assertEqual(rf.json["seq"], 5)
         for stream in (sse, late):

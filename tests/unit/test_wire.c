@@ -494,6 +494,119 @@ static void wire_allocation_failures_are_reported(void **state)
     rs_buf_free(&b);
 }
 
+/* Texts the fast scanner gives up on decode the same through jansson. */
+static void wire_fast_and_general_paths_agree(void **state)
+{
+    static uint8_t d[RS_ENVELOPE_OVERHEAD + 33];
+    rs_record rec;
+    rs_buf b = {0};
+    rs_wire_batch fast = {0}, slow = {0};
+    fill_record(&rec, d, sizeof(d), 12345, "kv");
+    rs_wire_records_begin(&b);
+    rs_wire_records_add(&b, &rec);
+    rs_wire_records_add(&b, &rec);
+    rs_wire_page_end(&b, 1, 7);
+    assert_int_equal(rs_wire_decode_records(&fast, b.ptr, b.len, RS_WIRE_PAGE, 0), 0);
+
+    json_error_t jerr;
+    json_t *doc = json_loadb(b.ptr, b.len, 0, &jerr);
+    assert_non_null(doc);
+    json_t *r1 = json_array_get(json_object_get(doc, "records"), 1);
+    char *variants[4];
+    variants[0] = json_dumps(doc, JSON_INDENT(3)); /* whitespace everywhere: still fast */
+    json_object_set_new(r1, "extra", json_pack("{s:[i]}", "x", 1));
+    variants[1] = json_dumps(doc, JSON_SORT_KEYS); /* unknown field, other order */
+    json_object_del(r1, "extra");
+    variants[2] = json_dumps(doc, JSON_ESCAPE_SLASH | JSON_ENSURE_ASCII);
+    /* an escaped tag: "k\u0076" is "kv" */
+    char *esc = malloc(b.len + 16);
+    memcpy(esc, b.ptr, b.len + 1);
+    char *at = strstr(esc, "\"kv\"");
+    assert_non_null(at);
+    memmove(at + 9, at + 4, strlen(at + 4) + 1);
+    memcpy(at, "\"k\\u0076\"", 9);
+    variants[3] = esc;
+    for (int v = 0; v < 4; v++) {
+        if (rs_wire_decode_records(&slow, variants[v], strlen(variants[v]), RS_WIRE_PAGE, 0))
+            fail_msg("variant %d: %s", v, rs_error_last());
+        assert_int_equal(slow.count, 2);
+        assert_true(slow.has_next);
+        assert_int_equal(slow.next, 7);
+        for (int i = 0; i < 2; i++)
+            assert_same_record(&slow.records[i], &fast.records[i]);
+        free(variants[v]);
+    }
+    json_decref(doc);
+    rs_wire_batch_free(&fast);
+    rs_wire_batch_free(&slow);
+    rs_buf_free(&b);
+}
+
+/* Our base64 writes and accepts exactly what libsodium's ORIGINAL variant does. */
+static void wire_base64_matches_libsodium(void **state)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n.";
+    uint8_t bin[400], mine[400], theirs[400];
+    char ours[600], ref[600];
+    for (size_t len = 0; len < 300; len++) {
+        randombytes_buf(bin, len);
+        size_t n = rs_base64_encode(ours, bin, len);
+        sodium_bin2base64(ref, sizeof(ref), bin, len, sodium_base64_VARIANT_ORIGINAL);
+        assert_int_equal(n, RS_BASE64_LEN(len));
+        assert_int_equal(n, strlen(ref));
+        assert_memory_equal(ours, ref, n);
+        size_t got = 0;
+        assert_int_equal(rs_base64_decode(mine, &got, ours, n), 0);
+        assert_int_equal(got, len);
+        assert_memory_equal(mine, bin, len);
+    }
+    static const char *const edges[] = {
+        "",     "====",     "A===", "AA==", "AB==", "AAA=",  "AAB=",  "AAAA", "AA=A",
+        "=AAA", "AA==AAAA", "AAA",  "AA",   "A",    "AAAAA", "AAA==", "Zg==", "Zm8="};
+    for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]); i++) {
+        size_t mlen = 0, tlen = 0, len = strlen(edges[i]);
+        const char *end = NULL;
+        int a = rs_base64_decode(mine, &mlen, edges[i], len) == 0;
+        int b = sodium_base642bin(theirs, sizeof(theirs), edges[i], len, NULL, &tlen, &end,
+                                  sodium_base64_VARIANT_ORIGINAL) == 0 &&
+                end == edges[i] + len;
+        if (a != b || (a && (mlen != tlen || memcmp(mine, theirs, mlen))))
+            fail_msg("'%s': ours %d, libsodium %d", edges[i], a, b);
+    }
+    /* Random and mutated texts: both accept the same ones, with the same bytes. */
+    for (int round = 0; round < 200000; round++) {
+        char text[24];
+        size_t len;
+        if (round % 2) {
+            len = randombytes_uniform(5) * 4 + randombytes_uniform(2) * randombytes_uniform(4);
+            for (size_t i = 0; i < len; i++)
+                text[i] = alphabet[randombytes_uniform(round % 4 == 1 ? 65 : sizeof(alphabet) - 1)];
+        } else {
+            uint8_t raw[12];
+            size_t rl = randombytes_uniform(sizeof(raw) + 1);
+            randombytes_buf(raw, rl);
+            len = rs_base64_encode(text, raw, rl);
+            if (len > 0)
+                text[randombytes_uniform((uint32_t)len)] =
+                    alphabet[randombytes_uniform(sizeof(alphabet) - 1)];
+        }
+        size_t mlen = 0, tlen = 0;
+        const char *end = NULL;
+        int a = rs_base64_decode(mine, &mlen, text, len) == 0;
+        int b = sodium_base642bin(theirs, sizeof(theirs), text, len, NULL, &tlen, &end,
+                                  sodium_base64_VARIANT_ORIGINAL) == 0 &&
+                end == text + len;
+        if (a != b)
+            fail_msg("'%.*s': ours %s, libsodium %s", (int)len, text, a ? "accepts" : "refuses",
+                     b ? "accepts" : "refuses");
+        if (a) {
+            assert_int_equal(mlen, tlen);
+            assert_memory_equal(mine, theirs, mlen);
+        }
+    }
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -513,6 +626,8 @@ int main(void)
         cmocka_unit_test(wire_small_documents_round_trip),
         cmocka_unit_test(wire_a_batch_is_reused_across_decodes),
         cmocka_unit_test(wire_allocation_failures_are_reported),
+        cmocka_unit_test(wire_base64_matches_libsodium),
+        cmocka_unit_test(wire_fast_and_general_paths_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

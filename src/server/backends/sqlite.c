@@ -817,7 +817,7 @@ static int sqlite_events(rs_backend *b, int64_t user, uint64_t after, size_t lim
 {
     sqlite_backend *sb = (sqlite_backend *)b;
     conn *c;
-    uint64_t seq, floor;
+    uint64_t seq = 0, floor = 0;
     int err = conn_get(&c, sb), rc;
     if (err < 0)
         return err;
