@@ -74,8 +74,9 @@ static void wake(subscriber *s)
 void rs_events_notify(int64_t user, uint64_t seq, void *payload)
 {
     pthread_mutex_lock(&hub.lock);
+    /* s->last belongs to the stream's own thread: do not read it here. */
     for (subscriber *s = hub.head; s; s = s->next) {
-        if (s->user == user && seq > s->last) {
+        if (s->user == user) {
             s->dirty = 1;
             wake(s);
         }

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#define BODY_RESERVE_MAX (4u << 20)
+
 /* One request in flight: kept in MHD's per-request pointer. */
 typedef struct request {
     rs_route route;
@@ -246,7 +248,16 @@ enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const cha
                           rs_srv.cfg.body_max);
                 return fail_now(conn, req, RS_EBODY, NULL);
             }
-            if (n > 0 && rs_buf_reserve(&req->body, (size_t)n) < 0)
+            /* Uploads need a token: refuse a stranger before reading the body. */
+            if (req->route == ROUTE_RECORDS_POST || req->route == ROUTE_ACKS_POST) {
+                rs_device dev;
+                int err = rs_auth_device(&dev, conn);
+                if (err < 0)
+                    return fail_now(conn, req, err, NULL);
+            }
+            /* Reserve what Content-Length announces, up to a bound: a claim is not data. */
+            if (n > 0 &&
+                rs_buf_reserve(&req->body, n < BODY_RESERVE_MAX ? (size_t)n : BODY_RESERVE_MAX) < 0)
                 return fail_now(conn, req, RS_ENOMEM, NULL);
         }
         /* Answer once the whole request is read, so the connection stays alive. */

@@ -3,6 +3,7 @@
 import base64
 import http.client
 import json
+import socket
 import unittest
 
 from harness import (DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, ServerProcess, make_envelope, make_record,
@@ -287,6 +288,19 @@ class LimitTests(unittest.TestCase):
             conn.close()
         self.assertEqual(acct.index(), before)
         self.assertEqual(server.client().get("/healthz").status, 200)
+
+    def test_uploads_are_refused_before_their_body_is_read(self):
+        server = ServerProcess(self, args=["--body-max", "65536"])
+        acct = server.register()
+        for headers, status in ((["Content-Length: 10000000", "Authorization: Token " + acct.token], 413),
+                                (["Content-Length: 60000"], 401),
+                                (["Content-Length: 60000", "Authorization: Token " + "0" * 96], 401)):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            self.addCleanup(sock.close)
+            head = ["POST /api/v1/records HTTP/1.1", "Host: x", "Content-Type: application/json"] + headers
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())  # and no body at all
+            answer = sock.recv(4096).decode()
+            self.assertTrue(answer.startswith("HTTP/1.1 %d" % status), (headers, answer))
 
     def test_page_max_caps_the_limit(self):
         server = ServerProcess(self, args=["--page-max", "50"])
