@@ -281,6 +281,10 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         die_usage("unexpected argument '%s'", argv[optind]);
     if (cfg->db == NULL)
         die_usage("--db is required");
+    const char *colon = strrchr(cfg->listen, ':');
+    if (colon == NULL || colon == cfg->listen || colon[1] == '\0')
+        die_usage("--listen: '%s' is not HOST:PORT", cfg->listen);
+    parse_num("--listen port", colon + 1, 0, 65535);
     if (cfg->page_default > cfg->page_max)
         cfg->page_default = cfg->page_max;
     /* A stream must be able to fill its socket between heartbeats without timing out. */

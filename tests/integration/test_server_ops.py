@@ -1,10 +1,11 @@
 """recsyncd operations: healthz, metrics, routing errors, acks, keep-alive, command line."""
 
+import os
 import re
 import subprocess
 import unittest
 
-from harness import ServerProcess, make_records, new_host, recsyncd_bin
+from harness import ServerProcess, make_records, make_tempdir, new_host, recsyncd_bin
 
 
 def metric(text, name, labels=None):
@@ -122,12 +123,15 @@ class CommandLineTests(unittest.TestCase):
     def run_server(self, *args):
         return subprocess.run([recsyncd_bin()] + list(args), capture_output=True, text=True, timeout=30)
 
-    def test_usage_errors_exit_2(self):
-        for args in ([], ["--db"], ["--db", "x.db", "--threads", "0"], ["--db", "x.db", "--event-retention", "5y"],
-                     ["--db", "x.db", "--bogus"], ["--db", "x.db", "--listen", "nocolon"]):
+    def test_usage_errors_exit_2_and_touch_nothing(self):
+        db = os.path.join(make_tempdir(self), "x.db")
+        for args in ([], ["--db"], ["--db", db, "--threads", "0"], ["--db", db, "--event-retention", "5y"],
+                     ["--db", db, "--bogus"], ["--db", db, "--listen", "nocolon"],
+                     ["--db", db, "--listen", "127.0.0.1:70000"], ["--db", db, "extra"]):
             p = self.run_server(*args)
             self.assertEqual(p.returncode, 2, (args, p.stderr))
             self.assertIn("usage:", p.stderr)
+        self.assertFalse(os.path.exists(db))
 
     def test_help_and_version(self):
         p = self.run_server("--help")
