@@ -25,7 +25,7 @@
 
 #define SHARD_NAME (RS_UUID_STRLEN + RS_TAG_MAX + 2)
 #define PIPE_SLOTS 3
-#define STATUS_CONNECT_MS 2000L
+#define KEY_CHECKS 4 /* shards whose newest record is opened before a sync writes */
 
 const char *rs_sync_outcome_name(rs_sync_outcome outcome)
 {
@@ -447,10 +447,11 @@ static const rs_shard *find_shard(const rs_index *index, const rs_uuid *host, co
 
 /*
  * The checks made before anything is written, here or on the server:
- * - one record of every shard to download (its newest) opens under the
- *   store's key; with nothing to download but something to upload, one
- *   record of another device's shard does, so a store with the wrong key
- *   never uploads what no other device could read;
+ * - one record (the newest) of each of the first KEY_CHECKS shards to
+ *   download opens under the store's key; with nothing to download but
+ *   something to upload, one record of another device's shard does, so a
+ *   store with the wrong key never uploads what no other device could read
+ *   (every downloaded page is opened again as it is applied);
  * - a shard to download is not pruned past the local end;
  * - for each own shard to upload, the server's last record is the store's
  *   record at that idx (else the store is an old copy that wrote again).
@@ -459,7 +460,7 @@ static int preflight(sync_ctx *ctx, const rs_index *remote)
 {
     const rs_diff *diff = ctx->diff;
     char shard[SHARD_NAME];
-    int err, downloads = 0, uploads = 0;
+    int err, downloads = 0, uploads = 0, checked = 0;
 
     for (size_t i = 0; i < diff->count; i++) {
         const rs_diff_op *op = &diff->ops[i];
@@ -477,8 +478,8 @@ static int preflight(sync_ctx *ctx, const rs_index *remote)
                              shard, rs__client_url(ctx->client), (unsigned long long)rs->start,
                              (unsigned long long)op->from);
         }
-        if ((err = fetch_one(ctx, &op->host, op->tag, op->to - 1)) < 0 ||
-            (err = check_key(ctx)) < 0)
+        if (checked++ < KEY_CHECKS && ((err = fetch_one(ctx, &op->host, op->tag, op->to - 1)) < 0 ||
+                                       (err = check_key(ctx)) < 0))
             return err;
     }
     if (uploads && !downloads) {
@@ -545,7 +546,7 @@ static void *up_worker(void *arg)
 {
     up_job *job = arg;
     sync_ctx *ctx = job->ctx;
-    size_t s;
+    size_t s = 0;
     int ret;
 
     while ((ret = pl_take_full(&job->pl, &s)) == 0) {
@@ -610,7 +611,7 @@ static int up_add(const rs_record *rec, void *payload)
             return err;
     }
     if (job->cur == NULL) {
-        size_t s;
+        size_t s = 0;
         progress(ctx, ctx->done + pl_done(&job->pl));
         if ((err = pl_take_free(&job->pl, &s)) < 0)
             return err;
@@ -708,7 +709,7 @@ static void *dl_worker(void *arg)
         while (start < op->to) {
             uint64_t limit = op->to - start;
             const rs_buf *resp;
-            size_t s;
+            size_t s = 0;
             if (limit > ctx->opts.page_records)
                 limit = ctx->opts.page_records;
             if ((err = pl_take_free(&job->pl, &s)) < 0)
@@ -742,7 +743,7 @@ static int download_all(sync_ctx *ctx)
 {
     dl_job job;
     pthread_t worker;
-    size_t s;
+    size_t s = 0;
     int ret, err = 0, any = 0;
 
     for (size_t i = 0; i < ctx->diff->count; i++)
