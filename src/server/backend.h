@@ -22,6 +22,14 @@
  * - After a batch commits, the backend calls opts.notify(user, seq) (from
  *   whichever thread learns of it: the writer for SQLite, a LISTEN thread
  *   for PostgreSQL, so writes made by other processes are heard too).
+ *   Extra or late notifications are harmless (streams re-read events by
+ *   cursor from the database); a missing one delays delivery until the
+ *   next heartbeat, so after reconnecting a listener, notify every user
+ *   with subscribers (or all: the callback is cheap).
+ * - retain may run in several recsyncd processes at once against one
+ *   database; each pass must be safe against the others and against
+ *   writers (short transactions, floor only ever raised).
+ * - backends/sqlite.c is the reference layout (tables, keys, statements).
  * - Failures return a negative RS_E* code with rs__error's message naming
  *   what failed. RS_EUNAVAIL (database unreachable) and RS_EBUSY (locked
  *   past the timeout) become 503; RS_EIO is storage failing (503 too).

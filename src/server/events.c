@@ -164,7 +164,9 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         pthread_mutex_unlock(&hub.lock);
         if (stopping)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        if (dirty) {
+        /* A due heartbeat polls too, so a lost notification costs one heartbeat of delay. */
+        int beat = mono_ms() >= s->next_beat_ms;
+        if (dirty || beat) {
             if (fetch(s) < 0) {
                 fprintf(stderr, "recsyncd: ending a stream: %s\n", rs_error_last());
                 return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -172,7 +174,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
             if (s->out.len > 0)
                 continue;
         }
-        if (mono_ms() >= s->next_beat_ms) {
+        if (beat) {
             atomic_fetch_add_explicit(&rs_stats.heartbeats_sent, 1, memory_order_relaxed);
             if (rs_buf_puts(&s->out, ":\n\n") < 0)
                 return MHD_CONTENT_READER_END_WITH_ERROR;

@@ -131,6 +131,28 @@ class EventTests(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 2)
 
 
+class TwoProcessTests(unittest.TestCase):
+    def test_writes_through_another_process_reach_the_stream_within_a_heartbeat(self):
+        # Two recsyncd on one database: the second's commits notify nobody in the first,
+        # whose streams still poll at every heartbeat.
+        first = ServerProcess(self, args=["--heartbeat-ms", "300"])
+        if first.db.name != "sqlite":
+            self.skipTest("the shared-file case is SQLite's")
+        second = ServerProcess(self, db=first.db, args=["--heartbeat-ms", "300"])
+        acct = first.register()
+        sse = first.sse(acct.token, after=0)
+        other = Client(second.port, token=acct.token)
+        self.addCleanup(other.close)
+        for i in range(3):
+            r = other.post("/api/v1/records", {"records": make_records(acct.host, "kv", i, 1)})
+            self.assertEqual(r.status, 200, r)
+            t0 = time.monotonic()
+            ev = sse.next_event(3)
+            self.assertIsNotNone(ev, "no event within 3 s")
+            self.assertEqual(ev.id, i + 1)
+            self.assertLess(time.monotonic() - t0, 1.0)
+
+
 class RetentionTests(unittest.TestCase):
     def test_old_cursor_gets_410_after_retention_and_a_fresh_resume_point_works(self):
         server = ServerProcess(self, args=["--event-retention", "2", "--retention-interval-ms", "50"])
