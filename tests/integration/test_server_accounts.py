@@ -128,6 +128,22 @@ class AccountTests(unittest.TestCase):
         self.assertRegex(metrics, r"recsyncd_login_throttled_total [1-9]")
         self.assertRegex(metrics, r"recsyncd_login_failures_total [4-9]")
 
+    def test_failed_logins_are_slowed_per_address(self):
+        # Guessing across many names from one address: past 10 failures the address waits.
+        c = self.server.client()
+        users = [self.server.register("user%d" % i, "pw") for i in range(4)]
+        for u in users[:3]:
+            for _ in range(3):  # within each name's free failures
+                r = c.post("/api/v1/login", {"username": u.username, "password": "wrong", "host": u.host})
+                self.assertEqual(r.status, 401, r)
+        r = c.post("/api/v1/login", {"username": "ghost", "password": "wrong", "host": new_host()})
+        self.assertEqual(r.status, 401, r)  # the tenth failure
+        r = c.post("/api/v1/login", users[3].credentials())
+        self.assertEqual(r.status, 429, r)
+        self.assertIn("127.0.0.1", r.json["message"])
+        time.sleep(0.5)
+        self.assertEqual(c.post("/api/v1/login", users[3].credentials()).status, 200)
+
     def test_delay_doubles_with_each_further_failure(self):
         acct = self.server.register("alice", "pw")
         c = self.server.client()
