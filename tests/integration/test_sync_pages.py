@@ -20,47 +20,53 @@ class Pages(unittest.TestCase):
     def setUp(self):
         self.server = ServerProcess(self)
 
-    def check_exchange(self, page, n, server_note=""):
-        """A and B each write n records, then push, merge and pull in pages
-        of `page`; both end with the same 2n records, each once."""
-        where = "page %d, %d records%s" % (page, n, server_note)
+    def check_exchanges(self, page, counts, server_note=""):
+        """For each n in `counts`, A and B each write n more records, then
+        push, merge and pull in pages of `page`; after each round both hold
+        the same records, each once, every shard contiguous. Later rounds
+        start mid-page, so unaligned starts are covered too."""
         a, b = make_devices(self, self.server, 2, names=["a", "b"])
-        lines_a = ["a-%d-%d" % (n, i) for i in range(n)]
-        lines_b = ["b-%d-%d" % (n, i) for i in range(n)]
-        ids_a = a.append_lines("t", lines_a)
-        ids_b = b.append_lines("t", lines_b)
+        ids_a, ids_b, lines_a, lines_b = [], [], [], []
+        for n in counts:
+            where = "page %d, %d records%s" % (page, n, server_note)
+            base = len(ids_a)
+            new_a = ["a-%d-%d" % (n, i) for i in range(n)]
+            new_b = ["b-%d-%d" % (n, i) for i in range(n)]
+            ids_a += a.append_lines("t", new_a)
+            ids_b += b.append_lines("t", new_b)
+            lines_a += new_a
+            lines_b += new_b
 
-        r = a.sync(page=page)
-        self.assertEqual((r["outcome"], r["uploaded"], r["downloaded"]), ("push", n, 0), where)
-        r = b.sync(page=page)
-        self.assertEqual((r["outcome"], r["uploaded"], r["downloaded"]), ("merge", n, n), where)
-        self.assertEqual(shard_counts(r), {(a.host, "t"): (0, n), (b.host, "t"): (n, 0)}, where)
-        r = a.sync(page=page)
-        self.assertEqual((r["outcome"], r["uploaded"], r["downloaded"]), ("pull", 0, n), where)
-        self.assertEqual(a.sync(page=page)["outcome"], "noop", where)
+            r = a.sync(page=page)
+            self.assertEqual((r["outcome"], r["uploaded"], r["downloaded"]), ("push", n, 0), where)
+            r = b.sync(page=page)
+            self.assertEqual((r["outcome"], r["uploaded"], r["downloaded"]), ("merge", n, n), where)
+            self.assertEqual(shard_counts(r), {(a.host, "t"): (0, n), (b.host, "t"): (n, 0)}, where)
+            r = a.sync(page=page)
+            self.assertEqual((r["outcome"], r["uploaded"], r["downloaded"]), ("pull", 0, n), where)
+            self.assertEqual(a.sync(page=page)["outcome"], "noop", where)
 
-        rows_a, rows_b = a.records(), b.records()
-        self.assertEqual(len(rows_a), 2 * n, where)
-        self.assertEqual(rows_a, rows_b, where)
-        self.assertEqual(len({row[3] for row in rows_a}), 2 * n, "an id twice: " + where)
-        for d in (a, b):
-            log = d.log()
-            self.assertEqual(len(log), 2 * n, where)
+            total = len(ids_a) + len(ids_b)
+            rows_a, rows_b = a.records(), b.records()
+            self.assertEqual(len(rows_a), total, where)
+            self.assertEqual(rows_a, rows_b, where)
+            self.assertEqual(len({row[3] for row in rows_a}), total, "an id twice: " + where)
+            log = a.log()
             self.assertEqual(sorted(x["id"] for x in log), sorted(ids_a + ids_b), where)
             for host in (a.host, b.host):
-                self.assertEqual(sorted(x["idx"] for x in log if x["host"] == host), list(range(n)), where)
-        # Payloads at and around every page boundary, on the receiving side.
-        idx_of = {x["id"]: x["idx"] for x in a.log()}
-        for i in sorted({0, n - 1} | {k for k in range(n) if k % page in (0, page - 1)})[:40]:
-            self.assertEqual(b.cat(ids_a[i]), lines_a[i].encode(), where)
-            self.assertEqual(a.cat(ids_b[i]), lines_b[i].encode(), where)
-            self.assertEqual(idx_of[ids_b[i]], i, where)
+                self.assertEqual(sorted(x["idx"] for x in log if x["host"] == host), list(range(len(ids_a))), where)
+            idx_of = {x["id"]: x["idx"] for x in log}
+            # Payloads at the first and last record of this round and at its page boundaries.
+            picks = {base, base + n - 1} | {base + k for k in (page - 1, page, 2 * page - 1, 2 * page) if k < n}
+            for i in sorted(picks):
+                self.assertEqual(b.cat(ids_a[i]), lines_a[i].encode(), where)
+                self.assertEqual(a.cat(ids_b[i]), lines_b[i].encode(), where)
+                self.assertEqual(idx_of[ids_b[i]], i, where)
 
     def test_page_sizes_at_boundaries(self):
         for page in PAGE_SIZES:
-            for n in counts_around(page):
-                with self.subTest(page=page, records=n):
-                    self.check_exchange(page, n)
+            with self.subTest(page=page):
+                self.check_exchanges(page, counts_around(page))
 
 
 class ServerPageBound(unittest.TestCase):
@@ -68,9 +74,7 @@ class ServerPageBound(unittest.TestCase):
         """recsyncd gives at most 3 records a page; the client asks for 7 and
         must follow the shorter pages without losing or repeating any."""
         self.server = ServerProcess(self, args=["--page-max", "3", "--page-default", "3"])
-        for n in (2, 3, 4, 7, 8, 10):
-            with self.subTest(records=n):
-                Pages.check_exchange(self, 7, n, server_note=" (server pages of 3)")
+        Pages.check_exchanges(self, 7, (2, 3, 4, 7, 8, 10), server_note=" (server pages of 3)")
 
 
 if __name__ == "__main__":
