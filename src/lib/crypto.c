@@ -155,23 +155,25 @@ static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id)
 int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_t *plain,
              size_t len)
 {
-    uint8_t ad[AD_MAX], cek[RS_KEY_BYTES];
+    /* Both nonces and the CEK from one call: one getrandom() per record, not three. */
+    uint8_t ad[AD_MAX], fresh[2 * NONCE_BYTES + RS_KEY_BYTES];
+    const uint8_t *cek = fresh + 2 * NONCE_BYTES;
     size_t adlen;
 
     if (strlen(rec->tag) > RS_TAG_MAX)
         return rs__error(RS_EINVAL, "tag '%.70s' is longer than %d characters", rec->tag,
                          RS_TAG_MAX);
     adlen = build_ad(ad, rec, key->id);
+    randombytes_buf(fresh, sizeof(fresh));
     memcpy(out, RS_ENVELOPE_MAGIC, 4);
     memcpy(out + OFF_KEY_ID, key->id, RS_KEY_ID_BYTES);
-    randombytes_buf(out + OFF_WRAP_NONCE, NONCE_BYTES);
-    randombytes_buf(out + OFF_NONCE, NONCE_BYTES);
-    crypto_aead_xchacha20poly1305_ietf_keygen(cek);
-    crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_WRAPPED, NULL, cek, sizeof(cek), ad, adlen,
-                                               NULL, out + OFF_WRAP_NONCE, key->bytes);
+    memcpy(out + OFF_WRAP_NONCE, fresh, NONCE_BYTES);
+    memcpy(out + OFF_NONCE, fresh + NONCE_BYTES, NONCE_BYTES);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_WRAPPED, NULL, cek, RS_KEY_BYTES, ad,
+                                               adlen, NULL, out + OFF_WRAP_NONCE, key->bytes);
     crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_CIPHERTEXT, NULL, plain, len, ad, adlen,
                                                NULL, out + OFF_NONCE, cek);
-    sodium_memzero(cek, sizeof(cek));
+    sodium_memzero(fresh, sizeof(fresh));
     return 0;
 }
 

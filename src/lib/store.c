@@ -385,15 +385,36 @@ static void op_abort(op_txn *t, rs_store *store)
     store->clock.last = t->clock_before;
 }
 
+/*
+ * Each operation in the caller's transaction is a savepoint, and SQLite
+ * keeps the pages a savepoint may have to restore in a statement journal.
+ * That journal lives in memory until it first outgrows 64 KiB, then in a
+ * temporary file for the rest of the transaction: every later append wrote
+ * its pages to disk twice (a 100k-line append spent most of its time
+ * there). Memory temp storage keeps the journal in memory, where each
+ * release empties it. SQLite takes the setting when the transaction
+ * begins; it is put back afterwards, because in memory SQLite's sorter
+ * never spills either, and a large ORDER BY (rs_store_rebuild) must.
+ */
+static void journal_in_memory(rs_store *store, bool on)
+{
+    sqlite3_exec(store->db, on ? "PRAGMA temp_store = MEMORY" : "PRAGMA temp_store = DEFAULT", NULL,
+                 NULL, NULL);
+}
+
 int rs_store_begin(rs_store *store)
 {
     int err;
     if (store->explicit_txn)
         return rs__error(RS_EINVAL, "a transaction is already open on store %s", store->dir);
-    if ((err = rs__exec(store, "BEGIN IMMEDIATE", "starting a transaction")) < 0)
+    journal_in_memory(store, true);
+    if ((err = rs__exec(store, "BEGIN IMMEDIATE", "starting a transaction")) < 0) {
+        journal_in_memory(store, false);
         return err;
+    }
     if ((err = load_clock(store)) < 0) {
         sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+        journal_in_memory(store, false);
         return err;
     }
     store->explicit_txn = 1;
@@ -411,6 +432,7 @@ int rs_store_commit(rs_store *store)
         return err;
     }
     store->explicit_txn = 0;
+    journal_in_memory(store, false);
     return 0;
 }
 
@@ -419,6 +441,7 @@ void rs_store_rollback(rs_store *store)
     if (!store->explicit_txn)
         return;
     sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+    journal_in_memory(store, false);
     store->explicit_txn = 0;
     store->clock.last = store->clock_saved;
     load_clock(store);

@@ -734,6 +734,42 @@ static void explicit_transaction_rolled_back_keeps_nothing(void **state)
     rs_store_free(store);
 }
 
+static int temp_store_setting(rs_store *store)
+{
+    sqlite3_stmt *st = NULL;
+    int v;
+    assert_int_equal(sqlite3_prepare_v2(rs_store_db(store), "PRAGMA temp_store", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/*
+ * Bulk transactions keep SQLite's statement journal in memory (2 = MEMORY);
+ * outside them temp storage is the default again (0), so large sorts spill.
+ */
+static void explicit_transaction_journals_in_memory_only_while_open(void **state)
+{
+    fixture *f = *state;
+    rs_store *store = init_store(f->a, NULL);
+    rs_record rec;
+
+    assert_int_equal(temp_store_setting(store), 0);
+    OK(rs_store_begin(store));
+    assert_int_equal(temp_store_setting(store), 2);
+    append_text(&rec, store, "bulk", "x");
+    OK(rs_store_commit(store));
+    assert_int_equal(temp_store_setting(store), 0);
+    OK(rs_store_begin(store));
+    rs_store_rollback(store);
+    assert_int_equal(temp_store_setting(store), 0);
+    append_text(&rec, store, "bulk", "y");
+    assert_int_equal(temp_store_setting(store), 0);
+    rs_store_free(store);
+}
+
 /* A tag whose apply fails on the payload "bad", after writing its state. */
 static int picky_setup(sqlite3 *db, void *payload)
 {
@@ -1260,6 +1296,7 @@ int main(void)
         T(append_refuses_a_payload_beyond_the_bound_at_write),
         T(explicit_transaction_commits_many_appends_at_once),
         T(explicit_transaction_rolled_back_keeps_nothing),
+        T(explicit_transaction_journals_in_memory_only_while_open),
         T(failing_append_inside_a_transaction_leaves_prior_appends_intact),
         T(register_applies_records_and_keeps_newer_versions_for_rebuild),
         T(verify_finds_a_flipped_byte_naming_the_record),
