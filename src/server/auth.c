@@ -75,6 +75,7 @@ static void hashing_leave(void)
     pthread_mutex_unlock(&auth.hashing_lock);
 }
 
+/* Chooses argon2id limits, makes the throttle key and the unknown-user hash. */
 int rs_auth_init(void)
 {
     if (rs_srv.cfg.argon2_fast) {
@@ -120,6 +121,11 @@ void rs_auth_new_token(char *text, rs_token *token)
     sodium_memzero(secret, sizeof(secret));
 }
 
+/*
+ * Parses "Token <id hex><secret hex>", looks the id up and compares the
+ * hash of the secret in constant time. Every failure is the same RS_EAUTH
+ * "unknown token", so nothing tells a guesser which part was wrong.
+ */
 int rs_auth_device(rs_device *out, struct MHD_Connection *conn)
 {
     const char *h =
@@ -200,6 +206,7 @@ static uint64_t throttle_delay(uint32_t failures, uint32_t free_failures)
     return d > THROTTLE_CAP_MS ? THROTTLE_CAP_MS : d;
 }
 
+/* Milliseconds the holder of `key` must still wait (0: may try now). Lock held. */
 static uint64_t throttle_wait(throttle_table *t, uint64_t key, uint32_t free_failures, uint64_t now)
 {
     throttle_entry *e = throttle_find(t, key, now, 0);

@@ -71,6 +71,10 @@ static void wake(subscriber *s)
     }
 }
 
+/*
+ * A commit for `user`: marks every stream of that user dirty and resumes
+ * the suspended ones. Called from the backend, on any thread.
+ */
 void rs_events_notify(int64_t user, uint64_t seq, void *payload)
 {
     pthread_mutex_lock(&hub.lock);
@@ -84,6 +88,7 @@ void rs_events_notify(int64_t user, uint64_t seq, void *payload)
     pthread_mutex_unlock(&hub.lock);
 }
 
+/* Appends one event to a stream's buffer and advances its cursor. */
 static int add_event(const rs_wire_event *ev, void *payload)
 {
     subscriber *s = payload;
@@ -192,6 +197,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     }
 }
 
+/* MHD is done with a stream's response: unlink and free the subscriber. */
 static void stream_free(void *cls)
 {
     subscriber *s = cls;
@@ -208,6 +214,11 @@ static void stream_free(void *cls)
     rs_free(s);
 }
 
+/*
+ * Checks the cursor against what the user's events still cover (410
+ * otherwise, before any streaming), then registers a subscriber whose
+ * response MHD pulls through stream_read.
+ */
 int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *dev, int has_after,
                    uint64_t after)
 {

@@ -217,6 +217,13 @@ static enum MHD_Result fail_now(struct MHD_Connection *conn, request *req, int c
     return send_reply(conn, req, &reply);
 }
 
+/*
+ * MHD calls this at least twice per request: first with the headers (the
+ * route is resolved, an oversized or unauthenticated upload refused before
+ * its body is read), then with each piece of the body, then once more with
+ * nothing, when the route runs and its reply is queued. Answering only
+ * after the whole request is read keeps the connection alive.
+ */
 enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const char *url,
                                const char *method, const char *version, const char *upload_data,
                                size_t *upload_data_size, void **con_cls)
@@ -298,6 +305,7 @@ enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const cha
     return r;
 }
 
+/* MHD is done with a request: count one that got no answer, free its state. */
 void rs_http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                        enum MHD_RequestTerminationCode toe)
 {

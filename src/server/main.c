@@ -158,6 +158,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     vfprintf(stderr, fmt, ap);
 }
 
+/* Fills `cfg` from the command line; usage errors exit 2 before anything is opened. */
 static void parse_args(rs_config *cfg, int argc, char **argv)
 {
     enum {
@@ -292,6 +293,13 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         cfg->connection_timeout_s = (3u * cfg->heartbeat_ms + 999u) / 1000u;
 }
 
+/*
+ * Start-up order: options, backend, auth, listening socket, event threads,
+ * HTTP daemon, then the port line. Shut-down on SIGTERM/SIGINT: stop
+ * accepting, end streams (MHD must not stop with suspended connections),
+ * stop the daemon (requests in flight finish), join threads, close the
+ * backend.
+ */
 int main(int argc, char **argv)
 {
     rs_config *cfg = &rs_srv.cfg;

@@ -81,6 +81,7 @@ static int counter(rs_buf *out, const char *name, const char *help, const char *
                          (unsigned long long)value);
 }
 
+/* Writes every metric in Prometheus text format; database totals when it answers. */
 int rs_metrics_render(rs_buf *out)
 {
     int err;

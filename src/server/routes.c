@@ -52,6 +52,10 @@ static int token_reply(rs_reply *out, unsigned status, const char *token, const 
     return rs_wire_token_encode(&out->body, token, username);
 }
 
+/*
+ * POST /api/v1/register: hashes the password (argon2id), makes the device's
+ * token and creates user and device in one transaction; 201 with the token.
+ */
 int rs_route_register(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len)
 {
     rs_wire_credentials creds;
@@ -75,6 +79,10 @@ done:
     return err;
 }
 
+/*
+ * POST /api/v1/login: verifies the password under the login brake, then
+ * binds this host to the user with a fresh token (retiring its old one).
+ */
 int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len)
 {
     rs_wire_credentials creds;
@@ -144,6 +152,11 @@ static unsigned test_stall_ms(struct MHD_Connection *conn)
     return (unsigned)ms;
 }
 
+/*
+ * POST /api/v1/records: decodes and checks the whole batch (fields, sizes,
+ * every record in a shard of the uploading device) before the backend
+ * stores it all or nothing; answers accepted, inserted and the seq after.
+ */
 int rs_route_records_post(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len)
 {
     rs_device dev;
@@ -194,6 +207,7 @@ typedef struct page_ctx {
     uint64_t bytes;
 } page_ctx;
 
+/* Adds one record to the page, or ends the page (> 0) when it would pass the byte bound. */
 static int page_add(const rs_record *rec, void *payload)
 {
     page_ctx *p = payload;
@@ -207,6 +221,11 @@ static int page_add(const rs_record *rec, void *payload)
     return 0;
 }
 
+/*
+ * GET /api/v1/records: one page of a shard of the user, bounded by the
+ * limit (capped at --page-max) and by --page-bytes, records encoded straight
+ * from the database rows into the response buffer.
+ */
 int rs_route_records_get(rs_reply *out, struct MHD_Connection *conn)
 {
     rs_device dev;
