@@ -80,11 +80,11 @@ typedef struct rs_sync_opts {
  * records open under this store's key (RS_EKEY naming both key ids) and
  * that this device's shards on the server are the ones in the store
  * (RS_EAHEAD or RS_ECONFLICT for a store restored from an old copy). Then
- * it uploads this device's new records and downloads the others' in pages
- * bounded by count and bytes; each downloaded page is checked (contiguous,
- * the shard asked for, opens under the key) and applied in one
- * transaction, so a failure or a crash at any point leaves a consistent
- * store and the next sync resumes. On success the report goes to *out
+ * it downloads the other devices' new records and uploads this device's,
+ * in pages bounded by count and bytes; each downloaded page is checked
+ * (contiguous, the shard asked for, opens under the key) and applied in
+ * one transaction, so a failure or a crash at any point leaves a
+ * consistent store and the next sync resumes. On success the report goes to *out
  * (free with rs_sync_report_free) and the store keeps it for rs_sync_last_get;
  * on failure nothing but the pages already applied is written. `opts` may
  * be NULL.
@@ -106,6 +106,8 @@ typedef struct rs_sync_last {
     uint64_t downloaded;
     uint64_t seq;
     rs_index *remote; /* the server's index as the sync left it */
+    /* the key the server's records were found to open under; empty if none was checked */
+    char key_checked[RS_KEY_ID_STRLEN + 1];
 } rs_sync_last;
 
 /* RS_ENOTFOUND when the store never synced. Free with rs_sync_last_free. */

@@ -25,7 +25,6 @@
 
 #define SHARD_NAME (RS_UUID_STRLEN + RS_TAG_MAX + 2)
 #define PIPE_SLOTS 3
-#define KEY_CHECKS 4 /* shards whose newest record is opened before a sync writes */
 
 const char *rs_sync_outcome_name(rs_sync_outcome outcome)
 {
@@ -333,6 +332,7 @@ typedef struct sync_ctx {
     uint64_t total;    /* records to move */
     uint64_t done;     /* records moved so far */
     uint64_t seq;      /* the highest seq the server reported */
+    int key_checked;   /* a record of the server opened under the store's key */
     rs_wire_batch one; /* single-record fetches of the checks */
 } sync_ctx;
 
@@ -402,18 +402,24 @@ static int fetch_one(sync_ctx *ctx, const rs_uuid *host, const char *tag, uint64
     return check_page(&ctx->one, host, tag, idx, 1, rs__client_url(ctx->client));
 }
 
+/* The refusal of a sync whose store has another key than the server's records. */
+static int wrong_key(sync_ctx *ctx)
+{
+    return rs__error(RS_EKEY,
+                     "refusing to sync with %s: the server's records are sealed under another "
+                     "key (%s). Nothing was uploaded or written. Use the account's key: "
+                     "'recsync key export' on a device that syncs, 'recsync key import' into "
+                     "a fresh store here",
+                     rs__client_url(ctx->client), rs_error_last());
+}
+
 /* Opens the record in ctx->one under the store's key. */
 static int check_key(sync_ctx *ctx)
 {
     const rs_record *rec = &ctx->one.records[0];
     int err = rs__open(NULL, NULL, ctx->store->key, rec);
     if (err == RS_EKEY)
-        return rs__error(RS_EKEY,
-                         "refusing to sync with %s: the server's records are sealed under another "
-                         "key (%s). Nothing was uploaded or written. Use the account's key: "
-                         "'recsync key export' on a device that syncs, 'recsync key import' into "
-                         "a fresh store here",
-                         rs__client_url(ctx->client), rs_error_last());
+        return wrong_key(ctx);
     if (err < 0)
         return rs__error(err, "refusing to sync with %s: a record on the server does not open: %s",
                          rs__client_url(ctx->client), rs_error_last());
@@ -447,20 +453,26 @@ static const rs_shard *find_shard(const rs_index *index, const rs_uuid *host, co
 
 /*
  * The checks made before anything is written, here or on the server:
- * - one record (the newest) of each of the first KEY_CHECKS shards to
- *   download opens under the store's key; with nothing to download but
- *   something to upload, one record of another device's shard does, so a
- *   store with the wrong key never uploads what no other device could read
- *   (every downloaded page is opened again as it is applied);
  * - a shard to download is not pruned past the local end;
- * - for each own shard to upload, the server's last record is the store's
- *   record at that idx (else the store is an old copy that wrote again).
+ * - the server's records open under the store's key. With something to
+ *   download, the first page does that: it is opened before it is applied,
+ *   downloads come before uploads, and a page that does not open is
+ *   refused whole (see download_all). With only uploads, one record of
+ *   another device's shard is opened here, unless an earlier sync already
+ *   checked this key against this account (ctx->key_checked), so a store
+ *   with the wrong key never uploads what no other device could read;
+ * - for each own shard on the server, its last record there is the
+ *   store's record at that idx (else the store is an old copy that wrote
+ *   again, or another store has its host id), unless the last sync left
+ *   the shard ending exactly there. Shards where both end alike are
+ *   checked too: two histories of equal length diverge just the same.
  */
-static int preflight(sync_ctx *ctx, const rs_index *remote)
+static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remote,
+                     const rs_index *last)
 {
     const rs_diff *diff = ctx->diff;
     char shard[SHARD_NAME];
-    int err, downloads = 0, uploads = 0, checked = 0;
+    int err, downloads = 0, uploads = 0;
 
     for (size_t i = 0; i < diff->count; i++) {
         const rs_diff_op *op = &diff->ops[i];
@@ -478,11 +490,8 @@ static int preflight(sync_ctx *ctx, const rs_index *remote)
                              shard, rs__client_url(ctx->client), (unsigned long long)rs->start,
                              (unsigned long long)op->from);
         }
-        if (checked++ < KEY_CHECKS && ((err = fetch_one(ctx, &op->host, op->tag, op->to - 1)) < 0 ||
-                                       (err = check_key(ctx)) < 0))
-            return err;
     }
-    if (uploads && !downloads) {
+    if (uploads && !downloads && !ctx->key_checked) {
         for (size_t i = 0; remote && i < remote->count; i++) {
             const rs_shard *rs = &remote->shards[i];
             if (rs_uuid_cmp(&rs->host, &ctx->self) == 0 || rs->end <= rs->start)
@@ -490,32 +499,36 @@ static int preflight(sync_ctx *ctx, const rs_index *remote)
             if ((err = fetch_one(ctx, &rs->host, rs->tag, rs->end - 1)) < 0 ||
                 (err = check_key(ctx)) < 0)
                 return err;
+            ctx->key_checked = 1;
             break;
         }
     }
-    for (size_t i = 0; i < diff->count; i++) {
-        const rs_diff_op *op = &diff->ops[i];
-        const rs_shard *rs;
+    for (size_t i = 0; local && i < local->count; i++) {
+        const rs_shard *ls = &local->shards[i], *rs, *before;
         local_match m = {0};
-        if (op->kind != RS_DIFF_UPLOAD || op->from == 0)
+        if (rs_uuid_cmp(&ls->host, &ctx->self) != 0)
             continue;
-        rs = find_shard(remote, &op->host, op->tag);
-        if (rs == NULL || rs->start >= op->from)
+        rs = find_shard(remote, &ls->host, ls->tag);
+        /* The diff refused a server ahead of the store: here rs->end <= ls->end. */
+        if (rs == NULL || rs->end == 0 || rs->end <= rs->start || rs->end <= ls->start)
             continue;
-        if ((err = fetch_one(ctx, &op->host, op->tag, op->from - 1)) < 0)
+        before = find_shard(last, &ls->host, ls->tag);
+        if (before && before->end == rs->end)
+            continue;
+        if ((err = fetch_one(ctx, &ls->host, ls->tag, rs->end - 1)) < 0)
             return err;
         m.remote = &ctx->one.records[0];
-        if ((err = rs_store_range(ctx->store, &op->host, op->tag, op->from - 1, op->from,
+        if ((err = rs_store_range(ctx->store, &ls->host, ls->tag, rs->end - 1, rs->end,
                                   compare_local, &m)) < 0)
             return err;
         if (m.found && !m.same) {
-            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            rs__shard_name(shard, sizeof(shard), &ls->host, ls->tag);
             return rs__error(RS_ECONFLICT,
                              "this device's shard %s on server %s holds a different record at idx "
                              "%llu than the store: was the store restored from an old copy and "
-                             "written to since? Refusing to upload a second history of the shard",
-                             shard, rs__client_url(ctx->client),
-                             (unsigned long long)(op->from - 1));
+                             "written to since, or is its host id used by another store? Refusing "
+                             "to sync a second history of the shard",
+                             shard, rs__client_url(ctx->client), (unsigned long long)(rs->end - 1));
         }
     }
     return 0;
@@ -763,6 +776,11 @@ static int download_all(sync_ctx *ctx)
         if ((err = rs_store_insert(&inserted, ctx->store, slot->batch.records, slot->batch.count)) <
             0) {
             const rs_diff_op *op = &ctx->diff->ops[slot->op];
+            if (err == RS_EKEY && ctx->done == 0) {
+                /* The first page: nothing was written yet, nothing uploaded. */
+                pl_fail(&job.pl, wrong_key(ctx));
+                break;
+            }
             char shard[SHARD_NAME];
             rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
             err = rs__error(err, "page of shard %s from idx %llu refused, nothing of it kept: %s",
@@ -770,6 +788,7 @@ static int download_all(sync_ctx *ctx)
             pl_fail(&job.pl, err);
             break;
         }
+        ctx->key_checked = 1;
         ctx->moved[slot->op] += inserted;
         ctx->done += slot->batch.count;
         progress(ctx, ctx->done);
@@ -816,17 +835,21 @@ static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *d
     return 0;
 }
 
-static int save_last(rs_store *store, const rs_sync_report *report, const rs_index *remote)
+static int save_last(rs_store *store, const rs_sync_report *report, const rs_index *remote,
+                     int key_checked)
 {
     rs_buf last = {0}, index = {0};
+    char key[RS_KEY_ID_STRLEN + 1] = "";
     int err;
+    if (key_checked)
+        rs_store_key_id(key, store);
     if ((err = rs_buf_printf(&last,
                              "{\"time_ms\":%llu,\"outcome\":\"%s\",\"uploaded\":%llu,"
-                             "\"downloaded\":%llu,\"seq\":%llu}",
+                             "\"downloaded\":%llu,\"seq\":%llu,\"key_checked\":\"%s\"}",
                              (unsigned long long)rs_now_ms(), rs_sync_outcome_name(report->outcome),
                              (unsigned long long)report->uploaded,
                              (unsigned long long)report->downloaded,
-                             (unsigned long long)report->seq)) < 0 ||
+                             (unsigned long long)report->seq, key)) < 0 ||
         (err = rs_wire_index_encode(&index, remote)) < 0)
         goto done;
     if ((err = rs_store_begin(store)) < 0)
@@ -879,6 +902,9 @@ int rs_sync_last_get(rs_sync_last **out, rs_store *store)
                         RS_META_LAST_SYNC);
         goto done;
     }
+    const char *key = json_string_value(json_object_get(root, "key_checked"));
+    if (key && strlen(key) == RS_KEY_ID_STRLEN)
+        memcpy(last->key_checked, key, RS_KEY_ID_STRLEN + 1);
     err = rs_store_meta_get(&index, store, RS_META_LAST_INDEX);
     if (err == 0 && rs_wire_index_decode(&last->remote, index, strlen(index)) < 0)
         err = rs__error(RS_EIO, "store %s: setting %s is corrupt: %s", rs_store_dir(store),
@@ -955,6 +981,8 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     sync_ctx ctx;
     rs_client_opts copts = {0};
     rs_index *local = NULL, *remote = NULL, *after = NULL;
+    rs_sync_last *last = NULL;
+    char key[RS_KEY_ID_STRLEN + 1];
     rs_diff *diff = NULL;
     rs_sync_report *report = NULL;
     int err;
@@ -970,6 +998,11 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     copts.connect_timeout_ms = ctx.opts.connect_timeout_ms;
     copts.timeout_ms = ctx.opts.timeout_ms;
     rs_store_host(&ctx.self, store);
+    rs_store_key_id(key, store);
+    /* What the last sync learned spares round trips (see preflight); none is no loss. */
+    if (rs_sync_last_get(&last, store) < 0)
+        last = NULL;
+    ctx.key_checked = last && strcmp(last->key_checked, key) == 0;
 
     if ((err = store_client(&ctx.client, store, &copts)) < 0 ||
         (err = fetch_index(&remote, ctx.client)) < 0 || (err = rs_store_index(&local, store)) < 0 ||
@@ -983,21 +1016,22 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     }
     for (size_t i = 0; i < diff->count; i++)
         ctx.total += diff->ops[i].to - diff->ops[i].from;
-    if (diff->count > 0 && (err = preflight(&ctx, remote)) < 0)
+    if ((err = preflight(&ctx, local, remote, last ? last->remote : NULL)) < 0)
         goto done;
     progress(&ctx, 0);
-    if ((err = upload_all(&ctx)) < 0 || (err = download_all(&ctx)) < 0)
+    if ((err = download_all(&ctx)) < 0 || (err = upload_all(&ctx)) < 0)
         goto done;
     progress(&ctx, ctx.total);
     if ((err = make_report(&report, &ctx, started)) < 0 ||
         (err = remote_after(&after, remote, diff, ctx.seq)) < 0 ||
-        (err = save_last(store, report, after)) < 0)
+        (err = save_last(store, report, after, ctx.key_checked)) < 0)
         goto done;
     *out = report;
     report = NULL;
 done:
     rs_sync_report_free(report);
     rs_index_free(after);
+    rs_sync_last_free(last);
     rs_index_free(local);
     rs_index_free(remote);
     rs_diff_free(diff);

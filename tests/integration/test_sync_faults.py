@@ -192,7 +192,8 @@ class WrongKey(unittest.TestCase):
         self.assertEqual(b.dump(), before)
         self.assertEqual(remote_index(server, a), index_before, "the wrong-key device uploaded")
 
-        # Only uploads to do (nothing to download): still refused.
+        # A device with its own records and another key: refused before it
+        # uploads, though it has nothing of A's to lose.
         c = Device(self, "c")
         c.login(server_url(server), user, password)
         c2 = Device(self, "c2", key=c.key_export())
@@ -227,8 +228,14 @@ class RestoredCopy(unittest.TestCase):
         self.assertIn("ends at idx 8", err)
         self.assertEqual(a.dump(), before)
 
-        # Written to since the restore, past the server's end: a second history.
-        a.append_lines("notes", ["again%d" % i for i in range(4)])
+        # Written to since the restore up to the server's end, then past it:
+        # a second history either way.
+        a.append_lines("notes", ["again%d" % i for i in range(3)])
+        before = a.dump()
+        r = a.sync(expect=1)
+        self.assertIn("different record at idx 7", r.err.decode())
+        self.assertEqual(a.dump(), before)
+        a.append("notes", "again3")
         r = a.sync(expect=1)
         self.assertIn("different record at idx 7", r.err.decode())
         self.assertEqual(remote_index(server, b)[(a.host, "notes")], (0, 8))

@@ -382,6 +382,7 @@ typedef struct remote {
     uint64_t page_starts[64];
     int pages;
     int uploaded; /* records POSTed */
+    rs_uuid own;  /* the device under test: its uploads show in the index as own/mine */
 } remote;
 
 static int copy_out(const rs_record *rec, void *payload)
@@ -414,7 +415,9 @@ static int remote_handler(fake *f, const char *method, const char *path, const c
     if (strcmp(path, "/api/v1/index") == 0) {
         rs_index idx = {0};
         rs_index_add(&idx, &r->host, r->tag, 0, SRC_RECORDS);
-        idx.seq = SRC_RECORDS;
+        if (r->uploaded > 0)
+            rs_index_add(&idx, &r->own, "mine", 0, (uint64_t)r->uploaded);
+        idx.seq = SRC_RECORDS + (uint64_t)r->uploaded;
         int err = rs_wire_index_encode(out, &idx);
         rs_free(idx.shards);
         return err;
@@ -516,6 +519,7 @@ static fake *serve_remote(sync_fixture *sf, scenario sc)
     char url[64];
     sf->remote.sc = sc;
     sf->remote.pages = 0;
+    rs_store_host(&sf->remote.own, sf->store);
     fake *f = fake_start(remote_handler, &sf->remote);
     fake_url(url, sizeof(url), f);
     OK(rs_store_meta_set(sf->store, RS_META_SERVER, url));
@@ -682,6 +686,31 @@ static void sync_uploads_in_byte_bounded_pages(void **state)
     fake_stop(f);
 }
 
+static void sync_spares_round_trips_it_has_made_before(void **state)
+{
+    sync_fixture *sf = *state;
+    rs_sync_report *report = NULL;
+    fake *f = serve_remote(sf, HONEST);
+    /* A pull: the index and one page; its first page proves the key. */
+    OK(rs_sync(&report, sf->store, NULL));
+    assert_int_equal(report->downloaded, SRC_RECORDS);
+    rs_sync_report_free(report);
+    assert_int_equal(f->requests, 2);
+    /* A push after it: the index and the upload, no key check again. */
+    OK(rs_append(NULL, sf->store, "mine", 1, "z", 1));
+    OK(rs_sync(&report, sf->store, NULL));
+    assert_int_equal(report->outcome, RS_SYNC_PUSH);
+    rs_sync_report_free(report);
+    assert_int_equal(f->requests, 4);
+    /* A no-op: the index alone; the own shard ends where the last sync left it. */
+    OK(rs_sync(&report, sf->store, NULL));
+    assert_int_equal(report->outcome, RS_SYNC_NOOP);
+    rs_sync_report_free(report);
+    assert_int_equal(f->requests, 5);
+    assert_int_equal(sf->remote.uploaded, 1);
+    fake_stop(f);
+}
+
 static void sync_without_account_is_eauth(void **state)
 {
     sync_fixture *sf = *state;
@@ -708,6 +737,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(sync_refuses_another_key_before_writing, sync_setup,
                                         sync_teardown),
         cmocka_unit_test_setup_teardown(sync_uploads_in_byte_bounded_pages, sync_setup,
+                                        sync_teardown),
+        cmocka_unit_test_setup_teardown(sync_spares_round_trips_it_has_made_before, sync_setup,
                                         sync_teardown),
         cmocka_unit_test_setup_teardown(sync_without_account_is_eauth, sync_setup, sync_teardown),
     };
