@@ -342,7 +342,7 @@ int main(int argc, char **argv)
         flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE, cfg->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128u * 1024u),
+        10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32u * 1024u),
         MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed, NULL, MHD_OPTION_END);
     if (rs_srv.daemon == NULL) {
         fprintf(stderr, "recsyncd: cannot start the HTTP server on %s\n", cfg->listen);

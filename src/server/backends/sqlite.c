@@ -1121,6 +1121,12 @@ int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_
     sqlite_backend *sb = rs__calloc(1, sizeof(*sb));
     conn *c = NULL;
     int err;
+    /*
+     * Memory statistics take a global mutex on every SQLite allocation, which
+     * all request threads then contend for. Off, before SQLite initializes
+     * (later it is refused, harmlessly).
+     */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     if (sb == NULL)
         return rs__error(RS_ENOMEM, "out of memory opening %s", path);
     sb->base.ops = &sqlite_ops;
