@@ -93,6 +93,9 @@ int rs__error(int code, const char *fmt, ...)
 int rs__sqlite_error(sqlite3 *db, int rc, const char *what)
 {
     int code;
+    /* An I/O error that is really an allocation failure is reported as one. */
+    if (rc == SQLITE_IOERR_NOMEM)
+        return rs__error(RS_ENOMEM, "%s: out of memory", what);
     switch (rc & 0xff) {
     case SQLITE_FULL:
     case SQLITE_IOERR:

@@ -733,15 +733,21 @@ int rs_store_key_import(rs_store *store, const char *text)
 {
     rs_key *key = NULL;
     sqlite3_stmt *st = NULL;
-    char *path = NULL;
+    char *path = NULL, *canonical = NULL;
     uint64_t other = 0;
     uint8_t id[RS_KEY_ID_BYTES];
+    op_txn t;
+    bool in_txn = false;
     int rc, err;
 
     if ((err = rs__key_from_text(&key, text)) < 0)
         return err;
     if (sodium_memcmp(key->bytes, store->key->bytes, RS_KEY_BYTES) == 0)
         goto done;
+    /* The write lock is held from the check to the new key file: no append slips in. */
+    if ((err = op_begin(&t, store)) < 0)
+        goto done;
+    in_txn = true;
     if ((err = prepare(store, &st, "SELECT data FROM records")) < 0)
         goto done;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -764,18 +770,31 @@ int rs_store_key_import(rs_store *store, const char *text)
                         store->dir, (unsigned long long)other, new_id, old_id);
         goto done;
     }
+    /* The file gets the canonical text, not whatever surrounded the pasted key. */
+    if ((err = rs__key_to_text(&canonical, key)) < 0)
+        goto done;
     path = path_join(store->dir, KEY_FILE);
     if (path == NULL) {
         err = rs__error(RS_ENOMEM, "out of memory");
         goto done;
     }
-    if ((err = write_secret_file(path, text, false)) < 0)
+    if ((err = write_secret_file(path, canonical, false)) < 0)
         goto done;
     rs__key_free(store->key);
     store->key = key;
     key = NULL;
 done:
     sqlite3_finalize(st);
+    if (in_txn) {
+        if (err < 0)
+            op_abort(&t, store);
+        else if ((err = op_commit(&t, store)) < 0)
+            op_abort(&t, store);
+    }
+    if (canonical) {
+        sodium_memzero(canonical, strlen(canonical));
+        rs_free(canonical);
+    }
     rs_free(path);
     rs__key_free(key);
     return err;

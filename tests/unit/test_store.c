@@ -1109,6 +1109,20 @@ static void key_import_into_an_empty_store_replaces_the_key(void **state)
     OK(rs_store_key_export(&back, a));
     assert_string_equal(back, text_c);
     expect_verifies(a);
+    /* The key file holds the key's canonical text, not the padding. */
+    {
+        char path[TEST_PATH_MAX + 16], buf[256];
+        FILE *fp;
+        size_t n;
+        snprintf(path, sizeof(path), "%s/key", f->a);
+        fp = fopen(path, "r");
+        assert_non_null(fp);
+        n = fread(buf, 1, sizeof(buf) - 1, fp);
+        fclose(fp);
+        buf[n] = '\0';
+        assert_int_equal(strncmp(buf, text_c, strlen(text_c)), 0);
+        assert_string_equal(buf + strlen(text_c), "\n");
+    }
     rs_store_free(a);
     rs_store_free(c);
     rs_free(text_a);
