@@ -118,6 +118,14 @@ class EventTests(unittest.TestCase):
         self.assertEqual([e.json["host"] for e in evs], [self.alice.host, second.host])
         check_contiguous(self, evs, first_seq=1)
 
+    def test_many_streams_each_get_every_event(self):
+        streams = [self.server.sse(self.alice.token, after=0) for _ in range(200)]
+        for i in range(3):
+            self.alice.upload(make_records(self.alice.host, "kv", i, 1))
+        for s in streams:
+            self.assertEqual([e.id for e in s.events(3, timeout=20)], [1, 2, 3])
+        self.assertRegex(self.server.metrics(), r"recsyncd_subscribers 200\b")
+
     def test_a_consumer_that_never_reads_does_not_hold_up_others(self):
         stuck = self.server.sse(self.alice.token, after=0)
         stuck.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
