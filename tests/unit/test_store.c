@@ -409,6 +409,71 @@ static void insert_accepts_another_devices_records_in_order(void **state)
     rs_store_free(b);
 }
 
+static void insert_accepts_a_batch_that_interleaves_shards_and_devices(void **state)
+{
+    fixture *f = *state;
+    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL),
+             *c = init_sibling(f->c, a, NULL);
+    rs_uuid hb, hc;
+    rec_list bt, bn, ct;
+    rs_record rec, batch[8];
+    size_t inserted = 0;
+
+    for (int i = 0; i < 2; i++) {
+        append_text(&rec, b, "things", "b things");
+        append_text(&rec, b, "notes", "b notes");
+        append_text(&rec, c, "things", "c things");
+    }
+    rs_store_host(&hb, b);
+    rs_store_host(&hc, c);
+    shard_records(&bt, b, &hb, "things");
+    shard_records(&bn, b, &hb, "notes");
+    shard_records(&ct, c, &hc, "things");
+    batch[0] = bt.recs[0];
+    batch[1] = bn.recs[0];
+    batch[2] = ct.recs[0];
+    batch[3] = bt.recs[1];
+    batch[4] = ct.recs[1];
+    batch[5] = bn.recs[1];
+    batch[6] = bt.recs[0]; /* already in: skipped */
+    batch[7] = ct.recs[1];
+    OK(rs_store_insert(&inserted, a, batch, 8));
+    assert_int_equal(inserted, 6);
+    assert_int_equal(shard_end(a, &hb, "things"), 2);
+    assert_int_equal(shard_end(a, &hb, "notes"), 2);
+    assert_int_equal(shard_end(a, &hc, "things"), 2);
+    expect_verifies(a);
+    OK(rs_store_insert(&inserted, a, NULL, 0));
+    assert_int_equal(inserted, 0);
+    rec_list_free(&bt);
+    rec_list_free(&bn);
+    rec_list_free(&ct);
+    rs_store_free(a);
+    rs_store_free(b);
+    rs_store_free(c);
+}
+
+static void append_of_an_empty_payload_opens_to_nothing(void **state)
+{
+    fixture *f = *state;
+    rs_store *store = init_store(f->a, NULL);
+    rs_record rec;
+    rs_record *got = NULL;
+    uint8_t *plain = NULL;
+    size_t len = 99;
+
+    OK(rs_append(&rec, store, "things", 1, NULL, 0));
+    OK(rs_store_get(&got, store, &rec.id));
+    assert_int_equal(rs_record_payload_size(got), 0);
+    OK(rs_record_open(&plain, &len, store, got));
+    assert_int_equal(len, 0);
+    rs_free(plain);
+    rs_record_free(got);
+    OK(rs_append(NULL, store, "things", 1, "no out", 6));
+    expect_verifies(store);
+    rs_store_free(store);
+}
+
 static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
 {
     fixture *f = *state;
@@ -1301,6 +1366,8 @@ int main(void)
         T(store_get_of_an_unknown_id_is_enotfound_naming_it),
         T(range_reads_a_page_in_idx_order_and_stops_when_asked),
         T(insert_accepts_another_devices_records_in_order),
+        T(insert_accepts_a_batch_that_interleaves_shards_and_devices),
+        T(append_of_an_empty_payload_opens_to_nothing),
         T(insert_refuses_a_hole_and_keeps_nothing_of_the_batch),
         T(insert_skips_an_identical_record_at_a_taken_idx),
         T(insert_refuses_a_different_record_at_a_taken_idx),
