@@ -100,32 +100,59 @@ static void print_id(const rs_record *rec)
     puts(id);
 }
 
-/* One record per line of `buf` (a trailing newline adds no empty record). */
+/*
+ * One record per line of `buf` (a trailing newline adds no empty record),
+ * all in one transaction. The ids are printed once the transaction has
+ * committed, so stdout never names a record that was rolled back.
+ */
 static int append_lines(rs_store *store, const char *tag, uint32_t version, char *buf, size_t len)
 {
     rs_record rec;
-    size_t count = 0;
-    int err;
+    rs_uuid *ids = NULL, *grown;
+    size_t count = 0, cap = 0;
+    char text[RS_UUID_STRLEN + 1];
+    int err, rc = EXIT_OK;
 
     if ((err = rs_store_begin(store)) < 0)
         return cli_fail("append", err);
     for (size_t pos = 0; pos < len;) {
         char *nl = memchr(buf + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - buf) : len;
+        if (count == cap) {
+            cap = cap ? cap * 2 : 1024;
+            if ((grown = realloc(ids, cap * sizeof(*ids))) == NULL) {
+                rs_store_rollback(store);
+                fprintf(stderr,
+                        "recsync: append: out of memory at line %zu (nothing was "
+                        "appended)\n",
+                        count + 1);
+                rc = EXIT_FAIL;
+                goto done;
+            }
+            ids = grown;
+        }
         if ((err = rs_append(&rec, store, tag, version, buf + pos, end - pos)) < 0) {
             rs_store_rollback(store);
             fprintf(stderr, "recsync: append: line %zu: %s (nothing was appended)\n", count + 1,
                     rs_error_last());
-            return EXIT_FAIL;
+            rc = EXIT_FAIL;
+            goto done;
         }
-        print_id(&rec);
-        count++;
+        ids[count++] = rec.id;
         pos = end + 1;
     }
-    if ((err = rs_store_commit(store)) < 0)
-        return cli_fail("append", err);
+    if ((err = rs_store_commit(store)) < 0) {
+        rc = cli_fail("append (nothing was appended)", err);
+        goto done;
+    }
+    for (size_t i = 0; i < count; i++) {
+        rs_uuid_format(text, &ids[i]);
+        puts(text);
+    }
     fprintf(stderr, "appended %zu records to %s\n", count, tag);
-    return EXIT_OK;
+done:
+    free(ids);
+    return rc;
 }
 
 int cmd_append(cli *c, int argc, char **argv)

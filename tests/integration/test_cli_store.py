@@ -208,6 +208,7 @@ class CliTest(unittest.TestCase):
         lines = b"".join(b"line %d\n" % i for i in range(20000)) + b"y" * (1024 * 1024 + 1) + b"\n"
         res = self.run_cli(d, "append", "bulk", "--lines", stdin=lines, expect=1)
         self.assertIn("line 20001", res.stderr.decode())
+        self.assertEqual(res.stdout, b"")  # no id of a record that was rolled back
         self.assertEqual(len(self.log_json(d)), 1)
         self.run_cli(d, "verify", expect=0)
         # The next append continues the shard where it was.
