@@ -51,7 +51,10 @@ int rs_history_delete(rs_store *store, const rs_uuid *id);
 /* Hands out one entry, borrowed; a nonzero return stops the walk and is returned. */
 typedef int (*rs_history_cb)(const rs_history_entry *entry, void *payload);
 
-/* Live entries, newest first (time, then id); `limit` 0 for all. */
+/*
+ * Live entries, newest first (by time; entries of one millisecond in an
+ * order their ids fix, the same on every device); `limit` 0 for all.
+ */
 int rs_history_list(rs_store *store, size_t limit, rs_history_cb cb, void *payload);
 
 /*

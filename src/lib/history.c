@@ -1,7 +1,7 @@
 /*
  * The history store (include/recsync/history.h): records of tag "history"
  * applied into the table history, one row per entry id, with an
- * external-content FTS5 index on the command kept in step by triggers.
+ * external-content FTS5 index on the command.
  *
  * The index uses the trigram tokenizer: it answers "contains this text"
  * (case-insensitive) for any text of three or more characters, which is
@@ -10,6 +10,17 @@
  * unicode61 would index whole words only, so those searches would miss
  * unless the fragment happened to start a token. The price is an index of
  * about three times the text, which shell history can afford.
+ *
+ * A row's rowid (rid) is its time in milliseconds times 4096 plus 12 bits
+ * of its id, so rowid order is newest-first order on every device: list
+ * walks the table backwards and search asks FTS5 for matches in descending
+ * rowid, both stopping at the limit instead of sorting every match.
+ *
+ * The index is kept by the apply function with explicit statements, not
+ * triggers: a trigger writing to FTS5 and the savepoint of each append make
+ * FTS5 flush its pending terms on every row, which made a 100k-line import
+ * ten times slower. An import defers indexing its new rows to one pass at
+ * its end.
  */
 #include "builtin.h"
 
@@ -22,11 +33,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define RID_ID_BITS 12
+#define RID_MAX_MS ((INT64_C(1) << 50) - 1)
+#define RID_PROBES 4096
+
 typedef struct history_state {
     rs_store *store;
-    sqlite3_stmt *st_create;
-    sqlite3_stmt *st_delete;
-    sqlite3_stmt *st_state; /* deleted flag of an id, if any */
+    sqlite3_stmt *st_lookup;
+    sqlite3_stmt *st_insert;
+    sqlite3_stmt *st_update;
+    sqlite3_stmt *st_fts_insert;
+    sqlite3_stmt *st_fts_delete;
+    sqlite3_stmt *st_command; /* of a live rid */
+    /* While an import runs: rows inserted but not indexed yet. */
+    bool defer;
+    int64_t *pending;
+    size_t pending_count;
+    size_t pending_cap;
 } history_state;
 
 static const char history_schema[] =
@@ -35,69 +58,56 @@ static const char history_schema[] =
     "  time INTEGER, command TEXT, cwd TEXT, exit INTEGER, duration INTEGER,"
     "  session TEXT, hostname TEXT,"
     "  deleted INTEGER NOT NULL, hlc INTEGER NOT NULL, host BLOB NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS history_time ON history(time, id) WHERE deleted = 0;"
     "CREATE VIRTUAL TABLE IF NOT EXISTS history_fts USING fts5("
-    "  command, content='history', content_rowid='rid', tokenize='trigram');"
-    "CREATE TRIGGER IF NOT EXISTS history_fts_insert AFTER INSERT ON history "
-    "WHEN new.deleted = 0 BEGIN "
-    "  INSERT INTO history_fts(rowid, command) VALUES (new.rid, new.command); "
-    "END;"
-    "CREATE TRIGGER IF NOT EXISTS history_fts_update AFTER UPDATE ON history BEGIN "
-    "  INSERT INTO history_fts(history_fts, rowid, command) "
-    "    SELECT 'delete', old.rid, old.command WHERE old.deleted = 0; "
-    "  INSERT INTO history_fts(rowid, command) "
-    "    SELECT new.rid, new.command WHERE new.deleted = 0; "
-    "END;";
+    "  command, content='history', content_rowid='rid', tokenize='trigram');";
 
-/* A create replaces a live entry when its (hlc, host) is higher; never a tombstone. */
-static const char history_create_sql[] =
-    "INSERT INTO history(id, time, command, cwd, exit, duration, session, hostname, deleted, "
-    "hlc, host) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10) "
-    "ON CONFLICT(id) DO UPDATE SET time = excluded.time, command = excluded.command, "
-    "cwd = excluded.cwd, exit = excluded.exit, duration = excluded.duration, "
-    "session = excluded.session, hostname = excluded.hostname, hlc = excluded.hlc, "
-    "host = excluded.host "
-    "WHERE history.deleted = 0 AND (excluded.hlc > history.hlc OR "
-    "(excluded.hlc = history.hlc AND excluded.host > history.host))";
-
-/*
- * A delete turns a live entry into a tombstone whatever the clocks, wiping
- * its text; a tombstone keeps the highest delete (so every device keeps
- * the same row).
- */
-static const char history_delete_sql[] =
-    "INSERT INTO history(id, deleted, hlc, host) VALUES (?1, 1, ?2, ?3) "
-    "ON CONFLICT(id) DO UPDATE SET time = NULL, command = NULL, cwd = NULL, exit = NULL, "
-    "duration = NULL, session = NULL, hostname = NULL, deleted = 1, hlc = excluded.hlc, "
-    "host = excluded.host "
-    "WHERE history.deleted = 0 OR excluded.hlc > history.hlc OR "
-    "(excluded.hlc = history.hlc AND excluded.host > history.host)";
+#define ROW_FIELDS "time, command, cwd, exit, duration, session, hostname, deleted, hlc, host"
 
 static int history_setup(sqlite3 *db, void *payload)
 {
     history_state *hs = payload;
+    static const char what[] = "preparing the history store";
     int rc = sqlite3_exec(db, history_schema, NULL, NULL, NULL);
-    int err;
+    int err = 0;
+
     if (rc != SQLITE_OK)
         return rs__sqlite_error(db, rc, "creating the history tables");
-    if ((hs->st_create == NULL && (err = rs__prepare_kept(db, &hs->st_create, history_create_sql,
-                                                          "preparing the history store")) < 0) ||
-        (hs->st_delete == NULL && (err = rs__prepare_kept(db, &hs->st_delete, history_delete_sql,
-                                                          "preparing the history store")) < 0) ||
-        (hs->st_state == NULL &&
-         (err = rs__prepare_kept(db, &hs->st_state, "SELECT deleted FROM history WHERE id = ?1",
-                                 "preparing the history store")) < 0))
+    if (hs->st_lookup)
+        return 0;
+    if ((err = rs__prepare_kept(
+             db, &hs->st_lookup,
+             "SELECT rid, deleted, command, hlc, host FROM history WHERE id = ?1", what)) < 0 ||
+        (err = rs__prepare_kept(db, &hs->st_insert,
+                                "INSERT INTO history(rid, id, " ROW_FIELDS ") VALUES "
+                                "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                what)) < 0 ||
+        (err = rs__prepare_kept(db, &hs->st_update,
+                                "UPDATE history SET rid = ?1, time = ?3, command = ?4, cwd = ?5, "
+                                "exit = ?6, duration = ?7, session = ?8, hostname = ?9, "
+                                "deleted = ?10, hlc = ?11, host = ?12 WHERE rid = ?2",
+                                what)) < 0 ||
+        (err = rs__prepare_kept(db, &hs->st_fts_insert,
+                                "INSERT INTO history_fts(rowid, command) VALUES (?1, ?2)", what)) <
+            0 ||
+        (err = rs__prepare_kept(db, &hs->st_fts_delete,
+                                "INSERT INTO history_fts(history_fts, rowid, command) "
+                                "VALUES ('delete', ?1, ?2)",
+                                what)) < 0 ||
+        (err = rs__prepare_kept(db, &hs->st_command,
+                                "SELECT command FROM history WHERE rid = ?1 AND deleted = 0",
+                                what)) < 0)
         return err;
     return 0;
 }
 
 static int history_reset(sqlite3 *db, void *payload)
 {
+    history_state *hs = payload;
     int rc = sqlite3_exec(db,
                           "INSERT INTO history_fts(history_fts) VALUES ('delete-all');"
                           "DELETE FROM history;",
                           NULL, NULL, NULL);
-    (void)payload;
+    hs->pending_count = 0;
     return rc == SQLITE_OK ? 0 : rs__sqlite_error(db, rc, "emptying the history tables");
 }
 
@@ -106,10 +116,70 @@ static void history_release(void *payload)
     history_state *hs = payload;
     if (hs == NULL)
         return;
-    sqlite3_finalize(hs->st_create);
-    sqlite3_finalize(hs->st_delete);
-    sqlite3_finalize(hs->st_state);
+    sqlite3_finalize(hs->st_lookup);
+    sqlite3_finalize(hs->st_insert);
+    sqlite3_finalize(hs->st_update);
+    sqlite3_finalize(hs->st_fts_insert);
+    sqlite3_finalize(hs->st_fts_delete);
+    sqlite3_finalize(hs->st_command);
+    rs_free(hs->pending);
     rs_free(hs);
+}
+
+/* The rowid an entry of this time and id would like (see the top of the file). */
+static int64_t wanted_rid(int64_t time_ms, const rs_uuid *id)
+{
+    int64_t ms = time_ms < 0 ? 0 : time_ms > RID_MAX_MS ? RID_MAX_MS : time_ms;
+    return ms << RID_ID_BITS | (int64_t)((id->bytes[14] & 0x0f) << 8 | id->bytes[15]);
+}
+
+/* An entry as the apply function writes it (text NULL for a tombstone). */
+typedef struct row {
+    rs_uuid id;
+    int64_t time_ms;
+    const char *command;
+    const char *cwd;
+    int64_t exit_code;
+    int64_t duration_ms;
+    const char *session;
+    const char *hostname;
+    const rs_record *rec; /* the record that wrote it: hlc and host */
+} row;
+
+/* What the table holds for an id. */
+typedef struct stored {
+    bool found;
+    bool deleted;
+    int64_t rid;
+    char *command; /* live rows: for the index's delete */
+    rs_hlc hlc;
+    rs_uuid host;
+} stored;
+
+static int lookup(stored *out, history_state *hs, const rs_uuid *id)
+{
+    sqlite3_stmt *st = hs->st_lookup;
+    int rc, err = 0;
+
+    memset(out, 0, sizeof(*out));
+    sqlite3_bind_blob(st, 1, id->bytes, 16, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *command = (const char *)sqlite3_column_text(st, 2);
+        out->found = true;
+        out->rid = sqlite3_column_int64(st, 0);
+        out->deleted = sqlite3_column_int(st, 1) != 0;
+        out->hlc = (rs_hlc)sqlite3_column_int64(st, 3);
+        if (sqlite3_column_bytes(st, 4) == 16)
+            memcpy(out->host.bytes, sqlite3_column_blob(st, 4), 16);
+        if (command && (out->command = rs__strdup(command)) == NULL)
+            err = rs__error(RS_ENOMEM, "out of memory reading a history entry");
+    } else if (rc != SQLITE_DONE) {
+        err = rs__sqlite_error(hs->store->db, rc, "reading the history table");
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return err;
 }
 
 static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *what)
@@ -118,6 +188,125 @@ static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *what)
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc == SQLITE_DONE ? 0 : rs__sqlite_error(db, rc, what);
+}
+
+static int fts_write(history_state *hs, sqlite3_stmt *st, int64_t rid, const char *command)
+{
+    sqlite3_bind_int64(st, 1, rid);
+    sqlite3_bind_text(st, 2, command, -1, SQLITE_STATIC);
+    return step_done(hs->store->db, st, "updating the history search index");
+}
+
+/*
+ * Writes `r` with INSERT (old_rid < 0) or UPDATE of row old_rid, at the
+ * rowid its time wants or, when another entry holds that one, the next
+ * free one. The rowid used goes to *out.
+ */
+static int write_row(int64_t *out, history_state *hs, const row *r, int64_t old_rid)
+{
+    sqlite3_stmt *st = old_rid < 0 ? hs->st_insert : hs->st_update;
+    int64_t rid = wanted_rid(r->time_ms, &r->id);
+    int rc;
+
+    for (int probe = 0; probe < RID_PROBES; probe++, rid++) {
+        sqlite3_bind_int64(st, 1, rid);
+        if (old_rid < 0)
+            sqlite3_bind_blob(st, 2, r->id.bytes, 16, SQLITE_STATIC);
+        else
+            sqlite3_bind_int64(st, 2, old_rid);
+        if (r->command) {
+            sqlite3_bind_int64(st, 3, r->time_ms);
+            sqlite3_bind_text(st, 4, r->command, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 5, r->cwd, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 6, r->exit_code);
+            sqlite3_bind_int64(st, 7, r->duration_ms);
+            sqlite3_bind_text(st, 8, r->session, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 9, r->hostname, -1, SQLITE_STATIC);
+        } else {
+            for (int col = 3; col <= 9; col++)
+                sqlite3_bind_null(st, col);
+        }
+        sqlite3_bind_int(st, 10, r->command == NULL);
+        rs__bind_writer(st, 11, 12, r->rec);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (rc == SQLITE_DONE) {
+            *out = rid;
+            return 0;
+        }
+        if (rc != SQLITE_CONSTRAINT_PRIMARYKEY)
+            return rs__sqlite_error(hs->store->db, rc, "writing a history entry");
+    }
+    return rs__error(RS_ERROR, "no free place for a history entry near rowid %lld",
+                     (long long)wanted_rid(r->time_ms, &r->id));
+}
+
+static int defer_index(history_state *hs, int64_t rid)
+{
+    if (hs->pending_count == hs->pending_cap) {
+        size_t cap = hs->pending_cap ? 2 * hs->pending_cap : 1024;
+        int64_t *grown = rs__realloc(hs->pending, cap * sizeof(*grown));
+        if (grown == NULL)
+            return rs__error(RS_ENOMEM, "out of memory importing history");
+        hs->pending = grown;
+        hs->pending_cap = cap;
+    }
+    hs->pending[hs->pending_count++] = rid;
+    return 0;
+}
+
+/*
+ * A create: a new entry, or a live entry replaced when (hlc, host) is
+ * higher; never over a tombstone.
+ */
+static int apply_create(history_state *hs, const row *r)
+{
+    stored old;
+    int64_t rid;
+    int err;
+
+    if ((err = lookup(&old, hs, &r->id)) < 0)
+        return err;
+    if (old.found &&
+        (old.deleted || rs_hlc_cmp(r->rec->hlc, &r->rec->host, old.hlc, &old.host) <= 0))
+        goto done;
+    if (old.found && old.command &&
+        (err = fts_write(hs, hs->st_fts_delete, old.rid, old.command)) < 0)
+        goto done;
+    if ((err = write_row(&rid, hs, r, old.found ? old.rid : -1)) < 0)
+        goto done;
+    if (hs->defer && !old.found)
+        err = defer_index(hs, rid);
+    else
+        err = fts_write(hs, hs->st_fts_insert, rid, r->command);
+done:
+    rs_free(old.command);
+    return err;
+}
+
+/*
+ * A delete: a live entry becomes a tombstone whatever the clocks (its text
+ * wiped, its index entry removed); a tombstone keeps the highest delete; an
+ * unknown id gets a tombstone, so its create, arriving later, is ignored.
+ */
+static int apply_delete(history_state *hs, const row *r)
+{
+    stored old;
+    int64_t rid;
+    int err = 0;
+
+    if ((err = lookup(&old, hs, &r->id)) < 0)
+        return err;
+    if (old.found && old.deleted && rs_hlc_cmp(r->rec->hlc, &r->rec->host, old.hlc, &old.host) <= 0)
+        goto done;
+    if (old.found && old.command &&
+        (err = fts_write(hs, hs->st_fts_delete, old.rid, old.command)) < 0)
+        goto done;
+    err = write_row(&rid, hs, r, old.found ? old.rid : -1);
+done:
+    rs_free(old.command);
+    return err;
 }
 
 /*
@@ -130,28 +319,26 @@ static int history_apply(sqlite3 *db, const rs_record *rec, const uint8_t *plain
     history_state *hs = payload;
     json_error_t jerr;
     json_t *root = json_loadb((const char *)plain, len, 0, &jerr);
-    const char *op = NULL, *id_text = NULL, *command = NULL, *cwd = "", *session = "",
-               *hostname = "";
+    const char *op = NULL, *id_text = NULL;
     json_int_t time_ms = 0, exit_code = -1, duration = -1;
-    rs_uuid id;
     char why[300];
-    sqlite3_stmt *st;
+    row r;
     int err = 0;
 
+    (void)db;
+    memset(&r, 0, sizeof(r));
+    r.rec = rec;
     if (root == NULL) {
         snprintf(why, sizeof(why), "history payload is not JSON (%s)", jerr.text);
         return rs__keep_unapplied(hs->store, rec, why);
     }
     if (json_unpack(root, "{s:s, s:s}", "op", &op, "id", &id_text) != 0 ||
-        rs_uuid_parse(&id, id_text) < 0) {
+        rs_uuid_parse(&r.id, id_text) < 0) {
         err = rs__keep_unapplied(hs->store, rec, "history payload lacks a string op or a uuid id");
         goto done;
     }
     if (strcmp(op, "delete") == 0) {
-        st = hs->st_delete;
-        sqlite3_bind_blob(st, 1, id.bytes, 16, SQLITE_STATIC);
-        rs__bind_writer(st, 2, 3, rec);
-        err = step_done(db, st, "deleting a history entry");
+        err = apply_delete(hs, &r);
         goto done;
     }
     if (strcmp(op, "create") != 0) {
@@ -159,25 +346,19 @@ static int history_apply(sqlite3 *db, const rs_record *rec, const uint8_t *plain
         err = rs__keep_unapplied(hs->store, rec, why);
         goto done;
     }
-    if (json_unpack(root, "{s:s, s:I, s?s, s?I, s?I, s?s, s?s}", "command", &command, "time",
-                    &time_ms, "cwd", &cwd, "exit", &exit_code, "duration", &duration, "session",
-                    &session, "hostname", &hostname) != 0) {
+    r.cwd = r.session = r.hostname = "";
+    if (json_unpack(root, "{s:s, s:I, s?s, s?I, s?I, s?s, s?s}", "command", &r.command, "time",
+                    &time_ms, "cwd", &r.cwd, "exit", &exit_code, "duration", &duration, "session",
+                    &r.session, "hostname", &r.hostname) != 0) {
         err = rs__keep_unapplied(hs->store, rec,
                                  "history create lacks a string command or an integer time, or "
                                  "has a field of the wrong type");
         goto done;
     }
-    st = hs->st_create;
-    sqlite3_bind_blob(st, 1, id.bytes, 16, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)time_ms);
-    sqlite3_bind_text(st, 3, command, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, cwd, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, (sqlite3_int64)exit_code);
-    sqlite3_bind_int64(st, 6, (sqlite3_int64)duration);
-    sqlite3_bind_text(st, 7, session, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 8, hostname, -1, SQLITE_STATIC);
-    rs__bind_writer(st, 9, 10, rec);
-    err = step_done(db, st, "writing a history entry");
+    r.time_ms = (int64_t)time_ms;
+    r.exit_code = (int64_t)exit_code;
+    r.duration_ms = (int64_t)duration;
+    err = apply_create(hs, &r);
 done:
     json_decref(root);
     return err;
@@ -219,19 +400,14 @@ static history_state *history_of(rs_store *store)
  */
 static int entry_state(history_state *hs, const rs_uuid *id)
 {
-    sqlite3_stmt *st = hs->st_state;
-    int rc, ret;
-    sqlite3_bind_blob(st, 1, id->bytes, 16, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        ret = sqlite3_column_int(st, 0) ? 0 : 1;
-    else if (rc == SQLITE_DONE)
-        ret = RS_ENOTFOUND;
-    else
-        ret = rs__sqlite_error(hs->store->db, rc, "reading the history table");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return ret;
+    stored old;
+    int err = lookup(&old, hs, id);
+    rs_free(old.command);
+    if (err < 0)
+        return err;
+    if (!old.found)
+        return RS_ENOTFOUND;
+    return old.deleted ? 0 : 1;
 }
 
 /* A UTF-8 copy of s ("" for NULL), repaired as rs__utf8_repair does. */
@@ -392,7 +568,7 @@ int rs_history_list(rs_store *store, size_t limit, rs_history_cb cb, void *paylo
     int err;
     if ((err = prepare_query(store, &st,
                              "SELECT " ENTRY_COLUMNS " FROM history h WHERE h.deleted = 0 "
-                             "ORDER BY h.time DESC, h.id DESC LIMIT ?1")) < 0)
+                             "ORDER BY h.rid DESC LIMIT ?1")) < 0)
         return err;
     sqlite3_bind_int64(st, 1, sql_limit(limit));
     return walk_entries(store, st, cb, payload);
@@ -456,13 +632,12 @@ int rs_history_search(rs_store *store, const char *text, size_t limit, rs_histor
         err = prepare_query(store, &st,
                             "SELECT " ENTRY_COLUMNS " FROM history_fts f "
                             "JOIN history h ON h.rid = f.rowid "
-                            "WHERE history_fts MATCH ?1 AND h.deleted = 0 "
-                            "ORDER BY h.time DESC, h.id DESC LIMIT ?2");
+                            "WHERE history_fts MATCH ?1 ORDER BY f.rowid DESC LIMIT ?2");
     else
         err = prepare_query(store, &st,
                             "SELECT " ENTRY_COLUMNS " FROM history h "
                             "WHERE h.deleted = 0 AND h.command LIKE ?1 ESCAPE '\\' "
-                            "ORDER BY h.time DESC, h.id DESC LIMIT ?2");
+                            "ORDER BY h.rid DESC LIMIT ?2");
     if (err < 0) {
         rs_free(pattern);
         return err;
@@ -752,10 +927,10 @@ static void put_be64(uint8_t *out, uint64_t v)
 }
 
 /*
- * An imported entry's id: a hash of the file's time for it (none for an
- * undated entry, whose date depends on the file's mtime), its command, and
- * how many identical (time, command) entries came before it in the file,
- * shaped as a UUIDv8.
+ * An imported entry's id, a UUIDv8: the file's time for it in the first 48
+ * bits (zero for an undated entry, whose date depends on the file's mtime),
+ * then a hash of that time, the command, and how many identical (time,
+ * command) entries came before it in the file.
  */
 static int entry_id(rs_uuid *out, seen_table *seen, const parsed *e, const char *command)
 {
@@ -778,6 +953,9 @@ static int entry_id(rs_uuid *out, seen_table *seen, const parsed *e, const char 
     crypto_generichash_update(&h, base, sizeof(base));
     crypto_generichash_update(&h, num, sizeof(num));
     crypto_generichash_final(&h, out->bytes, sizeof(out->bytes));
+    /* The time leads, as in a UUIDv7, so one import's ids go into the id index in order. */
+    put_be64(num, e->timed ? (uint64_t)e->time_ms : 0);
+    memcpy(out->bytes, num + 2, 6);
     out->bytes[6] = (uint8_t)((out->bytes[6] & 0x0f) | 0x80);
     out->bytes[8] = (uint8_t)((out->bytes[8] & 0x3f) | 0x80);
     return 0;
@@ -864,6 +1042,30 @@ done:
     return err;
 }
 
+/*
+ * Indexes the rows an import inserted, in one pass with no savepoint
+ * between rows, inside the import's transaction. Plain INSERT ... VALUES:
+ * an INSERT ... SELECT into FTS5 takes a statement journal, whose savepoint
+ * makes FTS5 flush on every row.
+ */
+static int index_pending(history_state *hs)
+{
+    sqlite3_stmt *st = hs->st_command;
+    int rc, err = 0;
+    for (size_t i = 0; i < hs->pending_count && err == 0; i++) {
+        sqlite3_bind_int64(st, 1, hs->pending[i]);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            err = fts_write(hs, hs->st_fts_insert, hs->pending[i],
+                            (const char *)sqlite3_column_text(st, 0));
+        else if (rc != SQLITE_DONE)
+            err = rs__sqlite_error(hs->store->db, rc, "indexing imported history");
+        sqlite3_reset(st);
+    }
+    hs->pending_count = 0;
+    return err;
+}
+
 int rs_history_import(rs_history_import_stats *out, rs_store *store, rs_history_format format,
                       const char *path)
 {
@@ -895,7 +1097,9 @@ int rs_history_import(rs_history_import_stats *out, rs_store *store, rs_history_
     if (err < 0)
         goto done;
     in_txn = true;
-    if ((err = import_entries(&stats, store, hs, &p)) < 0)
+    hs->defer = true;
+    hs->pending_count = 0;
+    if ((err = import_entries(&stats, store, hs, &p)) < 0 || (err = index_pending(hs)) < 0)
         goto done;
     in_txn = false;
     if (savepoint)
@@ -907,6 +1111,8 @@ int rs_history_import(rs_history_import_stats *out, rs_store *store, rs_history_
     if (out)
         *out = stats;
 done:
+    hs->defer = false;
+    hs->pending_count = 0;
     if (in_txn && savepoint)
         sqlite3_exec(store->db, "ROLLBACK TO rs_import; RELEASE rs_import", NULL, NULL, NULL);
     else if (in_txn)
