@@ -11,7 +11,7 @@
 
 #define RS_CLIENT_DEFAULT_CONNECT_MS 5000L
 #define RS_CLIENT_DEFAULT_TIMEOUT_MS 120000L
-#define RS_CLIENT_DEFAULT_MAX_RESPONSE ((size_t)256 << 20)
+#define RS_CLIENT_DEFAULT_MAX_RESPONSE ((size_t)64 << 20)
 
 typedef struct rs_client rs_client;
 
