@@ -351,6 +351,7 @@ typedef struct status_info {
     rs_sync_last *last;
     const rs_index *remote; /* live, else the last sync's, else NULL */
     char error[1100];
+    int error_code; /* why the live index could not be had */
     row *rows;
     size_t count;
 } status_info;
@@ -436,8 +437,8 @@ static void print_status(const status_info *si)
         printf("server     %s as %s: reachable, seq %llu\n", si->server, si->user ? si->user : "?",
                (unsigned long long)si->live->seq);
     else
-        printf("server     %s as %s: UNREACHABLE: %s\n", si->server, si->user ? si->user : "?",
-               si->error);
+        printf("server     %s as %s: %s: %s\n", si->server, si->user ? si->user : "?",
+               si->error_code == RS_ENET ? "UNREACHABLE" : "ERROR", si->error);
     if (si->last) {
         format_time(when, sizeof(when), si->last->time_ms);
         printf("last sync  %s: %s, uploaded %llu, downloaded %llu (seq %llu)\n", when,
@@ -530,6 +531,7 @@ int cmd_status(cli *c, int argc, char **argv)
     if (si.server) {
         if ((err = rs_remote_index_timeout(&si.live, si.store, timeout_ms)) < 0) {
             snprintf(si.error, sizeof(si.error), "%s", rs_error_last());
+            si.error_code = err;
             si.live = NULL;
         }
     }

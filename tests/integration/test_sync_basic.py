@@ -3,6 +3,7 @@ the outcomes noop, push, pull and merge with per-shard counts, every record
 arriving exactly once, the --json report's shape, status, and the account
 commands' errors."""
 
+import sqlite3
 import unittest
 
 from device import Device, make_devices, new_user, server_url, shard_counts
@@ -146,6 +147,25 @@ class Status(unittest.TestCase):
         text = b.run("status").text
         self.assertIn("UNREACHABLE", text)
         self.assertIn("as of the last sync", text)
+
+
+class BadToken(unittest.TestCase):
+    def test_unknown_token_is_an_error_not_unreachable(self):
+        server = ServerProcess(self)
+        a, = make_devices(self, server, 1, names=["a"])
+        a.append("notes", "1")
+        con = sqlite3.connect(a.db_path, timeout=30)
+        with con:
+            con.execute("UPDATE meta SET value = 'f00d' WHERE name = 'sync.token'")
+        con.close()
+        st = a.status()
+        self.assertFalse(st["online"])
+        self.assertIn("401", st["error"])
+        self.assertIn("ERROR", a.run("status").text)
+        before = a.dump()
+        r = a.sync(expect=1)
+        self.assertIn("401", r.err.decode())
+        self.assertEqual(a.dump(), before)
 
 
 class Accounts(unittest.TestCase):
