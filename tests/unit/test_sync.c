@@ -21,6 +21,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -41,22 +42,32 @@ typedef int (*fake_handler)(fake *f, const char *method, const char *path, const
 
 #define FAKE_MAX_CONN 16
 
+/*
+ * Handlers run under `mu`, one at a time; the test reads what they record
+ * after fake_settle(), which orders it after the last handler.
+ */
 struct fake {
     int fd;
     int port;
-    volatile int stop;
+    atomic_int stop;
     pthread_t acceptor;
     pthread_t conns[FAKE_MAX_CONN];
     int conn_fds[FAKE_MAX_CONN];
-    int nconn;
+    atomic_int nconn;
     pthread_mutex_t mu;
     fake_handler handler;
     void *ctx;
-    int requests;
-    int posts;
-    int drops_left; /* close this many requests without answering */
-    unsigned delay_ms;
+    atomic_int requests;
+    atomic_int posts;
+    atomic_int drops_left; /* close this many requests without answering */
+    atomic_uint delay_ms;
 };
+
+static void fake_settle(fake *f)
+{
+    pthread_mutex_lock(&f->mu);
+    pthread_mutex_unlock(&f->mu);
+}
 
 typedef struct conn_arg {
     fake *f;
@@ -100,9 +111,8 @@ static void *serve_conn(void *arg)
         while (in.len < hlen + clen)
             if (read_more(fd, &in) < 0)
                 goto done;
-        int status = 200, drop = 0;
+        int status = 200, drop = 0, rc;
         rs_buf_clear(&out);
-        pthread_mutex_lock(&f->mu);
         f->requests++;
         if (strcmp(method, "POST") == 0)
             f->posts++;
@@ -110,10 +120,12 @@ static void *serve_conn(void *arg)
             f->drops_left--;
             drop = 1;
         }
-        pthread_mutex_unlock(&f->mu);
         if (f->delay_ms)
             usleep(f->delay_ms * 1000u);
-        if (f->handler(f, method, path, in.ptr + hlen, clen, &status, &out) < 0 || drop)
+        pthread_mutex_lock(&f->mu);
+        rc = f->handler(f, method, path, in.ptr + hlen, clen, &status, &out);
+        pthread_mutex_unlock(&f->mu);
+        if (rc < 0 || drop)
             goto done;
         rs_buf_clear(&head);
         rs_buf_printf(&head,
@@ -186,7 +198,7 @@ static void fake_stop(fake *f)
 {
     f->stop = 1;
     pthread_join(f->acceptor, NULL);
-    for (int i = 0; i < f->nconn; i++) {
+    for (int i = 0; i < atomic_load(&f->nconn); i++) {
         shutdown(f->conn_fds[i], SHUT_RDWR);
         pthread_join(f->conns[i], NULL);
     }
@@ -568,6 +580,7 @@ static void sync_pulls_in_pages_from_honest_server(void **state)
     assert_int_equal(report->count, 1);
     assert_int_equal(report->shards[0].downloaded, SRC_RECORDS);
     assert_int_equal(report->seq, SRC_RECORDS);
+    fake_settle(f);
     assert_int_equal(sf->remote.pages, 3);
     assert_int_equal(sf->remote.page_starts[0], 0);
     assert_int_equal(sf->remote.page_starts[1], 4);
@@ -660,6 +673,7 @@ static void sync_refuses_another_key_before_writing(void **state)
     assert_int_equal(rs_sync(&report, sf->store, NULL), RS_EKEY);
     assert_true(test_contains(rs_error_last(), ours));
     assert_true(test_contains(rs_error_last(), theirs));
+    fake_settle(f);
     assert_int_equal(sf->remote.uploaded, 0);
     assert_int_equal(f->posts, 0);
     assert_int_equal(local_records(sf->store), 1);
@@ -679,6 +693,7 @@ static void sync_uploads_in_byte_bounded_pages(void **state)
     assert_int_equal(report->outcome, RS_SYNC_MERGE);
     assert_int_equal(report->uploaded, 30);
     assert_int_equal(report->downloaded, SRC_RECORDS);
+    fake_settle(f);
     assert_int_equal(sf->remote.uploaded, 30);
     /* About 370 bytes a record: at most five fit in 2 KiB, so at least six POSTs. */
     assert_true(f->posts >= 6);
@@ -707,6 +722,7 @@ static void sync_spares_round_trips_it_has_made_before(void **state)
     assert_int_equal(report->outcome, RS_SYNC_NOOP);
     rs_sync_report_free(report);
     assert_int_equal(f->requests, 5);
+    fake_settle(f);
     assert_int_equal(sf->remote.uploaded, 1);
     fake_stop(f);
 }
