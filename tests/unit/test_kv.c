@@ -546,8 +546,11 @@ static void kv_newer_version_is_kept_then_applied_after_upgrade(void **state)
     warnings w;
     rs_record rec;
     char id[RS_UUID_STRLEN + 1];
+    fake_clock cb = {rs_now_ms()}, ca = {cb.now + 5}; /* the v2 write is the newer */
 
     memset(&w, 0, sizeof(w));
+    use_clock(a, &ca);
+    use_clock(b, &cb);
     rs_store_on_warning(b, on_warning, &w);
     OK(rs_kv_set(b, "ns", "k", "from v1, older"));
     OK(rs_append(&rec, a, RS_KV_TAG, 2, v2, strlen(v2)));
