@@ -59,7 +59,10 @@ static const char history_schema[] =
     "  session TEXT, hostname TEXT,"
     "  deleted INTEGER NOT NULL, hlc INTEGER NOT NULL, host BLOB NOT NULL);"
     "CREATE VIRTUAL TABLE IF NOT EXISTS history_fts USING fts5("
-    "  command, content='history', content_rowid='rid', tokenize='trigram');";
+    "  command, content='history', content_rowid='rid', tokenize='trigram');"
+    /* Stores made by the first, unreleased builds indexed through triggers. */
+    "DROP TRIGGER IF EXISTS history_fts_insert;"
+    "DROP TRIGGER IF EXISTS history_fts_update;";
 
 #define ROW_FIELDS "time, command, cwd, exit, duration, session, hostname, deleted, hlc, host"
 
