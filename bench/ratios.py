@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Ratios of recsync's figures to the peers' and checks against the targets.
+
+Reads the JSON lines of one bench/run.sh run on stdin (recsync's own lines
+and the PouchDB and Hypercore peers' lines) and prints, for the given N,
+one line per comparable figure:
+
+  {"bench":"ratio","what":"push","peer":"pouchdb","n":100000,"recsync":51000,
+   "peer_value":2010,"unit":"records/s","ratio":25.37,"better":"higher"}
+
+ratio is recsync / peer; "better" says which way is good for that figure.
+Then one {"bench":"target",...} line per target of DESIGN.md with "met".
+
+Usage: ratios.py N < results.jsonl
+"""
+import json
+import sys
+
+# (our what, peer, peer metric, peer field, unit, better)
+COMPARE = [
+    ("write", "pouchdb", "write", "docs_per_s", "records/s", "higher"),
+    ("write", "hypercore", "write", "docs_per_s", "records/s", "higher"),
+    ("push", "pouchdb", "push", "docs_per_s", "records/s", "higher"),
+    ("pull", "pouchdb", "pull", "docs_per_s", "records/s", "higher"),
+    ("pull", "hypercore", "pull", "docs_per_s", "records/s", "higher"),
+    # PouchDB's no-op and incremental figures are A push + B pull, as ours.
+    ("noop_push_pull", "pouchdb", "noop", "ms", "ms", "lower"),
+    # Hypercore's no-op is one device (B) opening a connection and finding nothing.
+    ("noop", "hypercore", "noop", "ms", "ms", "lower"),
+    ("incr", "pouchdb", "incr", "ms", "ms", "lower"),
+    ("incr", "hypercore", "incr", "ms", "ms", "lower"),
+    ("live_p50", "pouchdb", "live", "median_ms", "ms", "lower"),
+    ("live_p99", "pouchdb", "live", "p99_ms", "ms", "lower"),
+    ("live_p50", "hypercore", "live", "median_ms", "ms", "lower"),
+    ("live_p99", "hypercore", "live", "p99_ms", "ms", "lower"),
+    # PouchDB's devices A and B share one process: its peak is of both.
+    ("rss_client_pull", "pouchdb", "resources", "bench_max_rss_mb", "MiB", "lower"),
+    ("rss_client_pull", "hypercore", "resources", "device_b_max_rss_mb", "MiB", "lower"),
+    ("rss_client_push", "hypercore", "resources", "device_a_max_rss_mb", "MiB", "lower"),
+    ("rss_server", "pouchdb", "resources", "server_peak_rss_mb", "MiB", "lower"),
+]
+
+# (our what, target, better) from DESIGN.md's Targets table.
+TARGETS = [
+    ("push", 50000, "higher"),
+    ("pull", 50000, "higher"),
+    ("noop", 5, "lower"),
+    ("incr", 15, "lower"),
+    ("live_p50", 2, "lower"),
+    ("live_p99", 10, "lower"),
+    ("index_rps", 20000, "higher"),
+    ("rss_client_push", 64, "lower"),
+    ("rss_client_pull", 64, "lower"),
+]
+
+
+def main():
+    n = int(sys.argv[1])
+    ours = {}  # (what, n) -> value
+    peers = {}  # (peer, metric) -> object, for this n
+    for line in sys.stdin:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        bench = obj.get("bench")
+        if bench == "recsync" and "what" in obj:
+            ours[(obj["what"], obj.get("n"))] = obj["value"]
+        elif bench in ("pouchdb", "hypercore") and obj.get("n") == n and "metric" in obj:
+            peers[(bench, obj["metric"])] = obj
+
+    for what, peer, metric, field, unit, better in COMPARE:
+        mine = ours.get((what, n))
+        theirs = peers.get((peer, metric), {}).get(field)
+        if mine is None or not theirs:
+            continue
+        print(json.dumps({"bench": "ratio", "what": what, "peer": peer, "n": n,
+                          "recsync": round(mine, 3), "peer_value": theirs, "unit": unit,
+                          "ratio": round(mine / theirs, 3), "better": better},
+                         separators=(",", ":")))
+
+    sizes = sorted({k[1] for k in ours})
+    for what, target, better in TARGETS:
+        for size in sizes:
+            mine = ours.get((what, size))
+            if mine is None:
+                continue
+            met = mine >= target if better == "higher" else mine < target
+            print(json.dumps({"bench": "target", "what": what, "n": size, "value": round(mine, 3),
+                              "target": (">= " if better == "higher" else "< ") + str(target),
+                              "met": met}, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
