@@ -1421,6 +1421,9 @@ int rs_store_register(rs_store *store, const rs_tag_def *def)
     if (grown == NULL)
         return rs__error(RS_ENOMEM, "out of memory registering tag %s", def->tag);
     store->tags = grown;
+    /* The array moved: each entry's def.tag points at its own tag buffer. */
+    for (size_t i = 0; i < store->tag_count; i++)
+        grown[i].def.tag = grown[i].tag;
     memset(&grown[store->tag_count], 0, sizeof(*grown));
     snprintf(grown[store->tag_count].tag, sizeof(grown->tag), "%s", def->tag);
     grown[store->tag_count].def = *def;

@@ -12,7 +12,6 @@ import unittest
 from device import Device, make_devices
 from harness import ServerProcess, make_tempdir
 
-SEARCH_RUNS = 5
 
 
 def entries(device, *args):
@@ -111,40 +110,18 @@ class HistoryCommandLine(unittest.TestCase):
         self.assertIn("imported 100000 entries", out)
         self.assertIn("imported 0 entries", self.d.run("history", "import", "zsh", path).text)
 
-        # Leak checking at exit scans the heap, which a search grows: off for
-        # the timed runs, so what is timed is the command, not the sanitizer.
-        quiet = {"ASAN_OPTIONS": ":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
-                                                        "detect_leaks=0"]))}
-
-        def timed(*args):
-            runs = []
-            for _ in range(SEARCH_RUNS):
-                t = time.monotonic()
-                r = self.d.run(*args, env=quiet)
-                runs.append(time.monotonic() - t)
-            return min(runs), r
-
-        # What the search itself costs: the fastest of several searches less
-        # the fastest of a command that opens the same store and reads one
-        # row, so process start-up (slow under the sanitizers) and the load
-        # of a shared machine are not counted.
-        base, _ = timed("history", "list", "--limit", "1")
-        rare, r = timed("history", "search", "item-98765")
+        # Speed is measured by bench/bench_history (search latency at 100k and
+        # 1M entries), not here: this checks what the searches find.
+        r = self.d.run("history", "search", "item-98765")
         self.assertEqual([l.split("\t")[-1] for l in r.text.splitlines()],
                          ["ssh deploy@host item-98765"])
-        common, r = timed("history", "search", "--limit", "50", "compose up")
+        r = self.d.run("history", "search", "--limit", "50", "compose up")
         self.assertEqual(len(r.text.splitlines()), 50)
         self.assertTrue(all("docker compose up" in l for l in r.text.splitlines()))
-        multi, r = timed("history", "search", "--json", "batch 49999")
+        r = self.d.run("history", "search", "--json", "batch 49999")
         self.assertEqual([json.loads(l)["command"] for l in r.text.splitlines()],
                          ['for f in *.log; do\n  gzip "$f" # batch 49999\ndone'])
-        print("\n  100k zsh lines: import %.2f s; search (less start-up %.1f ms): rare %.1f ms, "
-              "common (50 newest) %.1f ms, multi-line %.1f ms"
-              % (imported, base * 1e3, (rare - base) * 1e3, (common - base) * 1e3,
-                 (multi - base) * 1e3))
-        for cost in (rare, common, multi):
-            self.assertLess(cost - base, 0.1, "a search of 100k entries took %.0f ms" %
-                            ((cost - base) * 1e3))
+        print("\n  100k zsh lines imported in %.2f s" % imported)
 
 
 class HistorySync(unittest.TestCase):
