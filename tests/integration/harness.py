@@ -98,6 +98,135 @@ def register_database(name, cls):
     DATABASES[name] = cls
 
 
+class PostgresCluster:
+    """A real PostgreSQL server in a temporary directory, one per test
+    process (so one per test module), listening only on a Unix socket in
+    that directory. Started lazily by the first PostgresDatabase; stopped
+    (pg_ctl stop, then SIGKILL of the postmaster by PID) and removed at
+    interpreter exit, pass or fail. The binaries run as the ``postgres``
+    system user when the tests run as root (initdb refuses root)."""
+
+    _instance = None
+    START_TIMEOUT = 60
+
+    def __init__(self):
+        self.bindir = pg_bindir()
+        if self.bindir is None:
+            raise unittest.SkipTest("PostgreSQL binaries (initdb, pg_ctl) not found")
+        self.dir = tempfile.mkdtemp(prefix="rs-pg-")
+        self.datadir = os.path.join(self.dir, "data")
+        self.logpath = os.path.join(self.dir, "postgres.log")
+        self.pid = None
+        self.counter = 0
+        self.runas = []
+        if os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.runas = ["runuser", "-u", "postgres", "--"]
+        import atexit
+        atexit.register(self.destroy)
+        self._run([os.path.join(self.bindir, "initdb"), "-D", self.datadir, "-A", "trust", "-U", "postgres",
+                   "-E", "UTF8", "--locale=C", "--no-sync"], timeout=120)
+        self.start()
+
+    @classmethod
+    def get(cls):
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def _run(self, cmd, timeout=60, check=True):
+        p = subprocess.run(self.runas + cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError("%s failed (%d): %s\nlog:\n%s" % (cmd[0], p.returncode,
+                                 p.stdout.decode("utf-8", "replace"), self.log()))
+        return p
+
+    def log(self):
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read()[-5000:].decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    def start(self):
+        """Starts the server (again) and waits until it accepts connections."""
+        opts = ("-k %s -c listen_addresses='' -c fsync=off -c full_page_writes=off "
+                "-c max_connections=400 -c shared_buffers=32MB" % self.dir)
+        self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-l", self.logpath, "-w",
+                   "-t", str(self.START_TIMEOUT), "-o", opts, "start"], timeout=self.START_TIMEOUT + 10)
+        with open(os.path.join(self.datadir, "postmaster.pid")) as f:
+            self.pid = int(f.readline().strip())
+
+    def stop(self, mode="fast"):
+        """Stops the server (pg_ctl stop -m MODE), SIGKILL by PID past the bound."""
+        if self.pid is None:
+            return
+        try:
+            self._run([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-m", mode, "-w", "-t", "30",
+                       "stop"], timeout=40, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.kill(self.pid, 0)
+            os.kill(self.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        except ProcessLookupError:
+            pass
+        self.pid = None
+
+    def destroy(self):
+        self.stop("immediate")
+        shutil.rmtree(self.dir, True)
+
+    def psql(self, sql, dbname="postgres"):
+        p = subprocess.run([os.path.join(self.bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.dir,
+                            "-U", "postgres", "-d", dbname, "-At", "-c", sql],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
+        if p.returncode != 0:
+            raise AssertionError("psql %r failed: %s" % (sql, p.stdout.decode("utf-8", "replace")))
+        return p.stdout.decode()
+
+    def url(self, dbname):
+        return "postgres:///%s?host=%s&user=postgres" % (dbname, self.dir)
+
+
+def pg_bindir():
+    """The newest /usr/lib/postgresql/<v>/bin with initdb, or $RS_PG_BIN."""
+    env = os.environ.get("RS_PG_BIN")
+    if env:
+        return env if os.path.exists(os.path.join(env, "initdb")) else None
+    import glob
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return os.path.dirname(found[-1]) if found else None
+
+
+class PostgresDatabase:
+    """A fresh, empty database in this process's PostgresCluster, dropped
+    when the test ends; ``url`` is its postgres:// URL; ``cluster`` stops
+    and starts the server (for outage tests)."""
+
+    name = "postgres"
+
+    def __init__(self, test):
+        self.cluster = PostgresCluster.get()
+        self.cluster.counter += 1
+        self.dbname = "rs_%d_%d" % (os.getpid(), self.cluster.counter)
+        self.cluster.psql("CREATE DATABASE %s" % self.dbname)
+        self.url = self.cluster.url(self.dbname)
+        test.addCleanup(self._drop)
+
+    def _drop(self):
+        if self.cluster.pid is not None:
+            self.cluster.psql("DROP DATABASE IF EXISTS %s WITH (FORCE)" % self.dbname)
+
+
+register_database("postgres", PostgresDatabase)
+
+
 def make_database(test):
     """A fresh database for the backend named by $RS_TEST_BACKEND."""
     name = backend_name()
