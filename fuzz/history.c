@@ -1,0 +1,67 @@
+/*
+ * History import: the bytes as a bash history file (fuzz_history_bash) or
+ * a zsh one (fuzz_history_zsh, FUZZ_ZSH), through rs_history_import, which
+ * reads a path: each input is written to a file in a temporary directory
+ * that also holds the one store every input is imported into. An import
+ * must succeed (any bytes are some history) and importing the same file
+ * again must add nothing.
+ */
+#define _XOPEN_SOURCE 700
+#include "fuzz.h"
+
+#include <ftw.h>
+#include <recsync.h>
+#include <unistd.h>
+
+#ifdef FUZZ_ZSH
+#define FORMAT RS_HISTORY_ZSH
+#else
+#define FORMAT RS_HISTORY_BASH
+#endif
+
+static char root[64];
+static char file[128];
+static rs_store *store;
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static void cleanup(void)
+{
+    rs_store_free(store);
+    store = NULL;
+    if (root[0])
+        nftw(root, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    char dir[128];
+    snprintf(root, sizeof(root), "/tmp/rs-fuzz-history-XXXXXX");
+    if (mkdtemp(root) == NULL)
+        abort();
+    snprintf(dir, sizeof(dir), "%s/store", root);
+    snprintf(file, sizeof(file), "%s/history", root);
+    if (rs_store_init(&store, dir, NULL) < 0) {
+        fprintf(stderr, "cannot make a store in %s: %s\n", dir, rs_error_last());
+        abort();
+    }
+    atexit(cleanup);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    rs_history_import_stats first, second;
+    FILE *f = fopen(file, "wb");
+    CHECK(f != NULL);
+    CHECK(fwrite(data, 1, size, f) == size);
+    CHECK(fclose(f) == 0);
+    CHECK(rs_history_import(&first, store, FORMAT, file) == 0);
+    CHECK(first.imported + first.skipped == first.entries);
+    CHECK(rs_history_import(&second, store, FORMAT, file) == 0);
+    CHECK(second.entries == first.entries && second.imported == 0);
+    return 0;
+}
