@@ -114,6 +114,57 @@ typedef struct rs_sync_last {
 int rs_sync_last_get(rs_sync_last **out, rs_store *store);
 void rs_sync_last_free(rs_sync_last *last);
 
+/* ---- live sync ---- */
+
+/* What an rs_watch callback reports. */
+typedef enum rs_watch_kind {
+    RS_WATCH_DOWNLOADED,  /* records of another device's shard were applied */
+    RS_WATCH_UPLOADED,    /* this device's records were stored by the server */
+    RS_WATCH_CONNECTED,   /* the event stream is open after `seq` */
+    RS_WATCH_RESYNCED,    /* a full sync ran; the stream resumes after `seq` */
+    RS_WATCH_DISCONNECTED /* the stream ended; `retry_ms` until the next attempt */
+} rs_watch_kind;
+
+typedef struct rs_watch_batch {
+    rs_watch_kind kind;
+    rs_uuid host; /* DOWNLOADED, UPLOADED: the shard */
+    char tag[RS_TAG_MAX + 1];
+    uint64_t start; /* the shard gained [start, end) */
+    uint64_t end;
+    uint64_t seq;      /* the server's seq for it (UPLOADED: the seq after the batch) */
+    uint64_t count;    /* records applied (DOWNLOADED) or uploaded (UPLOADED) */
+    long retry_ms;     /* DISCONNECTED */
+    const char *error; /* DISCONNECTED, RESYNCED: why, or NULL */
+} rs_watch_batch;
+
+typedef void (*rs_watch_cb)(const rs_watch_batch *batch, void *payload);
+
+typedef struct rs_watch_opts {
+    rs_sync_opts sync;    /* the full syncs' settings (page sizes, timeouts) */
+    int stop_fd;          /* > 0: the watch ends once this fd is readable (a self-pipe) */
+    long backoff_min_ms;  /* first reconnect delay; 0: 50 ms */
+    long backoff_max_ms;  /* bound of the doubling delay; 0: 5 s */
+    long stall_ms;        /* a stream silent this long is reconnected; 0: 45 s */
+    long idle_check_ms;   /* local writes are also looked for this often; 0: 250 ms */
+    rs_watch_cb on_batch; /* may be NULL; called from the calling thread */
+    void *payload;
+} rs_watch_opts;
+
+/*
+ * Live sync until stopped: reads the server's resume point (GET
+ * /api/v1/boot), runs a full sync, then follows the event stream from the
+ * resume point, pulling each announced range of another device's shard
+ * (one transaction per page) and pushing this device's records as soon as
+ * the store changes, by this handle or by any other process (the store's
+ * files are watched with inotify). A lost stream is reopened from the last
+ * seq handled, with exponential backoff and jitter; a cursor the server no
+ * longer keeps (410 resync_required) makes it sync fully and resume from a
+ * fresh resume point. Returns 0 once `opts->stop_fd` is readable; a code
+ * for what cannot heal by retrying (RS_EAUTH, RS_EKEY, RS_ECONFLICT, a
+ * local store error). `opts` may be NULL.
+ */
+int rs_watch(rs_store *store, const rs_watch_opts *opts);
+
 #ifdef __cplusplus
 }
 #endif

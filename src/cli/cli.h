@@ -50,5 +50,6 @@ int cmd_register(cli *c, int argc, char **argv);
 int cmd_login(cli *c, int argc, char **argv);
 int cmd_sync(cli *c, int argc, char **argv);
 int cmd_status(cli *c, int argc, char **argv);
+int cmd_watch(cli *c, int argc, char **argv);
 
 #endif

@@ -39,7 +39,7 @@ static const command commands[] = {
     {"log", cmd_log},         {"cat", cmd_cat},           {"verify", cmd_verify},
     {"rebuild", cmd_rebuild}, {"register", cmd_register}, {"login", cmd_login},
     {"sync", cmd_sync},       {"status", cmd_status},     {"kv", cmd_kv},
-    {"history", cmd_history},
+    {"history", cmd_history}, {"watch", cmd_watch},
 };
 
 int cli_fail(const char *what, int err)
