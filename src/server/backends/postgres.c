@@ -152,6 +152,8 @@ static const char *const stmt_sql[ST_COUNT] = {
 typedef struct conn {
     PGconn *pg;
     int broken;
+    int reused; /* taken idle from the pool, not opened for this checkout */
+    int fresh;  /* no command has run yet in this checkout */
     struct conn *next;
 } conn;
 
@@ -293,25 +295,65 @@ static int check(conn *c, PGresult *r, PGresult **out, const char *what)
     return err;
 }
 
+static int prepare_all(conn *c);
+
+/*
+ * When the first command of a checkout fails because a pooled connection
+ * died while idle (PostgreSQL restarted), nothing of the operation has run:
+ * reconnects in place and returns 1 so the caller runs the command again.
+ */
+static int revive(conn *c, PGresult *r)
+{
+    if (!c->fresh || !c->reused)
+        return 0;
+    c->fresh = 0;
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return 0;
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (PQstatus(c->pg) != CONNECTION_BAD && !(state && strncmp(state, "57P", 3) == 0))
+        return 0;
+    PQreset(c->pg);
+    if (PQstatus(c->pg) != CONNECTION_OK || prepare_all(c) < 0)
+        return 0;
+    return 1;
+}
+
 /* Runs prepared statement `id` with `p`, binary results. */
 static int q(conn *c, PGresult **out, enum stmt_id id, const params *p, const char *what)
 {
     char name[16];
     snprintf(name, sizeof(name), "rs%d", (int)id);
     PGresult *r = PQexecPrepared(c->pg, name, p->n, p->v, p->len, p->fmt, 1);
+    if (revive(c, r)) {
+        PQclear(r);
+        r = PQexecPrepared(c->pg, name, p->n, p->v, p->len, p->fmt, 1);
+    }
+    c->fresh = 0;
     return check(c, r, out, what);
 }
 
 /* Runs `sql` (simple protocol, no parameters, no rows wanted). */
 static int exec(conn *c, const char *sql, const char *what)
 {
-    return check(c, PQexec(c->pg, sql), NULL, what);
+    PGresult *r = PQexec(c->pg, sql);
+    if (revive(c, r)) {
+        PQclear(r);
+        r = PQexec(c->pg, sql);
+    }
+    c->fresh = 0;
+    return check(c, r, NULL, what);
 }
 
 /* Runs `sql` with integer parameters, binary results. */
 static int qi(conn *c, PGresult **out, const char *sql, const params *p, const char *what)
 {
     PGresult *r = PQexecParams(c->pg, sql, p->n, NULL, p->v, p->len, p->fmt, 1);
+    if (revive(c, r)) {
+        PQclear(r);
+        r = PQexecParams(c->pg, sql, p->n, NULL, p->v, p->len, p->fmt, 1);
+    }
+    c->fresh = 0;
     return check(c, r, out, what);
 }
 
@@ -381,6 +423,20 @@ done:
     return err;
 }
 
+/* Prepares every statement on c (after connecting, or reconnecting). */
+static int prepare_all(conn *c)
+{
+    for (int i = 0; i < ST_COUNT; i++) {
+        char name[16];
+        int err;
+        snprintf(name, sizeof(name), "rs%d", i);
+        if ((err = check(c, PQprepare(c->pg, name, stmt_sql[i], 0, NULL), NULL,
+                         "preparing a statement")) < 0)
+            return err;
+    }
+    return 0;
+}
+
 /* Opens one connection with every statement prepared; `first` migrates the schema. */
 static int conn_open(conn **out, pg_backend *pb, int first)
 {
@@ -396,17 +452,9 @@ static int conn_open(conn **out, pg_backend *pb, int first)
                         c->pg && PQdb(c->pg) ? PQdb(c->pg) : "?", msg);
         goto done;
     }
-    if ((err = exec(c, "SET statement_timeout = 0", "setting up a connection")) < 0)
-        goto done;
     if (first && (err = migrate(c)) < 0)
         goto done;
-    for (int i = 0; i < ST_COUNT; i++) {
-        char name[16];
-        snprintf(name, sizeof(name), "rs%d", i);
-        if ((err = check(c, PQprepare(c->pg, name, stmt_sql[i], 0, NULL), NULL,
-                         "preparing a statement")) < 0)
-            goto done;
-    }
+    err = prepare_all(c);
 done:
     if (err < 0)
         conn_close(c);
@@ -448,6 +496,8 @@ static int conn_get(conn **out, pg_backend *pb)
         if (!conn_dead(c)) {
             pthread_mutex_unlock(&pb->pool_lock);
             c->next = NULL;
+            c->reused = 1;
+            c->fresh = 1;
             *out = c;
             return 0;
         }
