@@ -24,6 +24,12 @@
 #define LINE_MAX_BYTES (64u << 10)
 #define ERROR_BODY_MAX 4096
 #define HOT_WINDOW_MS 30
+#define SETTLE_TRIES 5
+#define SETTLE_NS 100000L
+#define OWN_WRITE_MS 5        /* file changes this soon after our own commit are taken for it */
+#define CHECKPOINT_PAGES 1000 /* SQLite's own auto-checkpoint threshold */
+#define CHECKPOINT_FORCE_PAGES 16384 /* checkpoint even when busy past this (64 MiB) */
+#define CHECKPOINT_IDLE_MS 100
 
 /* One of this device's shards and where the server's copy of it ends. */
 typedef struct own_shard {
@@ -43,6 +49,8 @@ typedef struct watch {
     int inotify_fd;
     uint64_t hot_until; /* re-check the store on every turn until then (ms) */
     uint64_t next_idle_check;
+    int wal_pages;         /* frames in the store's WAL after our last commit */
+    uint64_t last_applied; /* when the last pull committed (ms) */
 
     own_shard *own;
     size_t own_count;
@@ -117,6 +125,32 @@ static int read_data_version(int *out, watch *w)
         return rs__error(RS_EIO, "cannot read the data version of store %s: %s",
                          rs_store_dir(w->store), sqlite3_errmsg(rs_store_db(w->store)));
     return 0;
+}
+
+/*
+ * The WAL hook of the watch's connection. It replaces SQLite's automatic
+ * checkpoint, whose fsyncs would land inside a pull's commit: the loop
+ * checkpoints when the stream is idle instead (see maybe_checkpoint).
+ */
+static int on_wal(void *payload, sqlite3 *db, const char *name, int pages)
+{
+    watch *w = payload;
+    (void)db;
+    (void)name;
+    w->wal_pages = pages;
+    return SQLITE_OK;
+}
+
+/* Checkpoints the store's WAL once it is long and nothing was pulled for a while. */
+static void maybe_checkpoint(watch *w, uint64_t now)
+{
+    if (w->wal_pages < CHECKPOINT_PAGES)
+        return;
+    if (now - w->last_applied < CHECKPOINT_IDLE_MS && w->wal_pages < CHECKPOINT_FORCE_PAGES)
+        return;
+    /* PASSIVE never waits for other connections; what it cannot copy now waits for the next. */
+    sqlite3_wal_checkpoint_v2(rs_store_db(w->store), NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    w->wal_pages = 0;
 }
 
 static own_shard *own_find(watch *w, const char *tag)
@@ -316,6 +350,7 @@ static int pull(watch *w, const rs_wire_event *ev)
                             .seq = ev->seq,
                             .count = inserted};
         snprintf(b.tag, sizeof(b.tag), "%s", ev->tag);
+        w->last_applied = now_ms();
         emit(w, &b);
         start += w->page.count;
     }
@@ -690,6 +725,8 @@ static int loop(watch *w)
         if (check)
             w->hot_until = now + HOT_WINDOW_MS;
         if (check || now < w->hot_until || now >= w->next_idle_check) {
+            if (now >= w->next_idle_check)
+                maybe_checkpoint(w, now);
             w->next_idle_check = now + (uint64_t)w->opts.idle_check_ms;
             if ((err = check_local(w)) < 0 && (err = soft_fail(w, err)) < 0)
                 return err;
@@ -797,7 +834,10 @@ int rs_watch(rs_store *store, const rs_watch_opts *opts)
     }
     if ((err = read_data_version(&w.data_version, &w)) < 0)
         goto done;
+    sqlite3_wal_hook(rs_store_db(store), on_wal, &w);
     err = loop(&w);
+    /* The connection outlives the watch: give it back SQLite's automatic checkpoints. */
+    sqlite3_wal_autocheckpoint(rs_store_db(store), CHECKPOINT_PAGES);
 done:
     stream_close(&w);
     if (w.multi)
