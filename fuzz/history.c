@@ -2,7 +2,9 @@
  * History import: the bytes as a bash history file (fuzz_history_bash) or
  * a zsh one (fuzz_history_zsh, FUZZ_ZSH), through rs_history_import, which
  * reads a path: each input is written to a file in a temporary directory
- * that also holds the one store every input is imported into. An import
+ * that also holds the one store every input is imported into (under
+ * /dev/shm when there is one: the store's commits then cost no disk
+ * flushes). An import
  * must succeed (any bytes are some history) and importing the same file
  * again must add nothing.
  */
@@ -39,7 +41,8 @@ static void cleanup(void)
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     char dir[128];
-    snprintf(root, sizeof(root), "/tmp/rs-fuzz-history-XXXXXX");
+    snprintf(root, sizeof(root), "%s/rs-fuzz-history-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (mkdtemp(root) == NULL)
         abort();
     snprintf(dir, sizeof(dir), "%s/store", root);
