@@ -2,22 +2,28 @@
  * bench_live: live propagation through a running recsyncd, a write on A
  * to the record applied on B, both devices live-syncing with rs_watch.
  *
- *   bench_live URL DIR [SAMPLES]
+ *   bench_live URL [N]
  *
- * Makes stores DIR/a and DIR/b (one user, one key), registers a fresh user
+ * N only labels the figures ("n", bench/run.sh's workload size). The
+ * environment sets BENCH_LIVE_SAMPLES (300) and BENCH_LIVE_GAP_MS, the
+ * idle time between samples (50, as the PouchDB and Hypercore peers).
+ * Makes stores a and b (one user, one key) in a fresh directory under
+ * $TMPDIR (removed at the end), registers a fresh user
  * at URL, and runs two watchers in threads: one on A (its own store
  * handle, so A's writes reach it the way another process's do: through
  * the store's files) and one on B. The main thread appends one 200-byte
  * record at a time on A and times it until B's watcher reports it applied
  * (committed in B's store). 20 warm-up writes are not counted. Prints
  * JSON lines:
- *   {"bench":"recsync","what":"live_p50","n":300,"value":0.9,"unit":"ms"}
+ *   {"bench":"recsync","what":"live_p50","n":100000,"value":0.9,"unit":"ms","samples":300}
  * for p50, p90, p99 and max; live_push_* is the part until A's watcher
  * saw the server store the record, live_write_* the append on A alone.
  */
+#define _GNU_SOURCE /* nftw */
 #include <recsync.h>
 
 #include <errno.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -169,10 +175,13 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static long label_n;
+
 static void emit(const char *what, long n, double ms)
 {
-    printf("{\"bench\":\"recsync\",\"what\":\"%s\",\"n\":%ld,\"value\":%.3f,\"unit\":\"ms\"}\n",
-           what, n, ms);
+    printf("{\"bench\":\"recsync\",\"what\":\"%s\",\"n\":%ld,\"value\":%.3f,\"unit\":\"ms\","
+           "\"samples\":%ld}\n",
+           what, label_n, ms, n);
     fflush(stdout);
 }
 
@@ -192,24 +201,45 @@ static void report(const char *what, double *v, long n)
     }
 }
 
+static long env_long(const char *name, long fallback)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtol(v, NULL, 10) : fallback;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
 int main(int argc, char **argv)
 {
     rs_store *a_write = NULL, *a_watch = NULL, *b_store = NULL;
-    char dir_a[4096], dir_b[4096], user[64], payload[PAYLOAD];
+    char dir[4096], dir_a[4200], dir_b[4200], user[64], payload[PAYLOAD];
     char *key = NULL;
+    const char *tmp = getenv("TMPDIR");
     side a, b;
-    long samples = argc > 3 ? strtol(argv[3], NULL, 10) : 300;
+    long samples = env_long("BENCH_LIVE_SAMPLES", 300), gap_ms = env_long("BENCH_LIVE_GAP_MS", 50);
     double *lat, *up, *wr;
     uint32_t salt;
     int err;
 
-    if (argc < 3 || samples < 1) {
-        fprintf(stderr, "usage: bench_live URL DIR [SAMPLES]\n");
+    if (argc < 2 || argc > 3 || samples < 1 || gap_ms < 0) {
+        fprintf(stderr, "usage: bench_live URL [N]   (BENCH_LIVE_SAMPLES >= 1, "
+                        "BENCH_LIVE_GAP_MS >= 0)\n");
         return 2;
     }
-    mkdir(argv[2], 0700);
-    snprintf(dir_a, sizeof(dir_a), "%s/a", argv[2]);
-    snprintf(dir_b, sizeof(dir_b), "%s/b", argv[2]);
+    label_n = argc > 2 ? strtol(argv[2], NULL, 10) : 0;
+    snprintf(dir, sizeof(dir), "%s/bench-live-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(dir) == NULL) {
+        fprintf(stderr, "bench_live: cannot make %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    snprintf(dir_a, sizeof(dir_a), "%s/a", dir);
+    snprintf(dir_b, sizeof(dir_b), "%s/b", dir);
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
     salt = (uint32_t)rand();
     snprintf(user, sizeof(user), "live-%08x", salt);
@@ -240,7 +270,7 @@ int main(int argc, char **argv)
     memset(payload, 'p', sizeof(payload));
     for (long i = 0; i < WARMUP + samples; i++) {
         rs_record rec;
-        struct timespec pause = {0, 1000000L + (long)(rand() % 2000000)};
+        struct timespec pause = {gap_ms / 1000, (gap_ms % 1000) * 1000000L};
         double t0 = now_s();
         if ((err = rs_append(&rec, a_write, TAG, 1, payload, sizeof(payload))) < 0)
             die("append", err);
@@ -268,5 +298,6 @@ int main(int argc, char **argv)
     rs_store_free(a_write);
     rs_store_free(a_watch);
     rs_store_free(b_store);
+    nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     return a.result < 0 || b.result < 0 ? 1 : 0;
 }
