@@ -143,12 +143,17 @@ hyperfine -N --warmup 2 --runs "$CLI_RUNS" --export-json "$WORK/cli.json" \
     "$BIN/recsync" --dir "$D/b" sync >&2 || true
     exit 1
 }
-read -r cli_sync cli_start < <(python3 -c '
+# Wall medians, then CPU (user + system, means): on a loaded machine the
+# wall time of a short process is mostly waiting for a core.
+read -r cli_sync cli_start cpu_sync cpu_start < <(python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
-print(" ".join("%.3f" % (x["median"] * 1e3) for x in r))' "$WORK/cli.json")
+print(" ".join(["%.3f" % (x["median"] * 1e3) for x in r] +
+               ["%.3f" % ((x["user"] + x["system"]) * 1e3) for x in r]))' "$WORK/cli.json")
 emit noop_cli "$N" "$cli_sync" ms
 emit cli_startup "$N" "$cli_start" ms
+emit noop_cli_cpu "$N" "$cpu_sync" ms
+emit cli_startup_cpu "$N" "$cpu_start" ms
 
 # ------------------------------------------------------------------ wrk ----
 TOKEN=$("$BIN/bench_sync" token "$D/a")
