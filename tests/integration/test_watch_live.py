@@ -1,12 +1,15 @@
 """recsync watch against the real recsyncd: a watching device receives the
-other's writes, pushes writes made by other processes on its own store
+other's writes (also two writers, one held inside its transaction while the
+other commits a later seq: both arrive, in seq order), pushes writes made by other processes on its own store
 without a sync, rides through a SIGKILL and restart of the server with no
 record missed or applied twice, and recovers from a cursor the server no
 longer keeps (410 resync_required) by resyncing."""
 
+import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -96,6 +99,25 @@ class Watcher:
         self.test.assertEqual(rc, 0, "recsync watch exited %d on SIGTERM; stderr: %s" % (rc, self.err))
 
 
+def uuid_text(hexstr):
+    h = hexstr.lower()
+    return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+def wire_records(device, tag):
+    """The device's records of `tag` as an upload body carries them, and its token."""
+    con = sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True, timeout=30)
+    try:
+        rows = con.execute("SELECT hex(host), tag, idx, hex(id), hlc, version, data FROM records "
+                           "WHERE tag = ? ORDER BY idx", (tag,)).fetchall()
+        token = con.execute("SELECT value FROM meta WHERE name = 'sync.token'").fetchone()[0]
+    finally:
+        con.close()
+    return [{"id": uuid_text(r[3]), "host": uuid_text(r[0]), "tag": r[1], "idx": r[2],
+             "hlc": "%016x" % r[4], "version": r[5], "data": base64.b64encode(r[6]).decode()}
+            for r in rows], token
+
+
 def assert_tiled(test, batches, kind, host, tag, end):
     """The `kind` lines of shard (host, tag) cover [0, end) once each, in order."""
     ranges = [(b["start"], b["end"]) for b in batches
@@ -163,6 +185,47 @@ class WatchLive(unittest.TestCase):
         assert_tiled(self, wb.batches(), "downloaded", a.host, "x", 10)
         assert_tiled(self, wa.batches(), "downloaded", b.host, "y", 10)
         self.assert_same(a, b, 20)
+
+    def test_stalled_writer_and_later_commit_both_arrive_in_seq_order(self):
+        server = ServerProcess(self, hooks=True)
+        slow, fast, b = make_devices(self, server, 3, names=["slow", "fast", "b"])
+        w = Watcher(self, b)
+        w.wait_err("watching")
+        slow.append_lines("s", ["s-0", "s-1"])
+        records, token = wire_records(slow, "s")
+        answer = {}
+
+        def upload():
+            client = server.client(token=token, timeout=30)
+            started = time.monotonic()
+            try:
+                answer["r"] = client.post("/api/v1/records", {"records": records},
+                                          headers={"X-Recsync-Test-Stall-Ms": "1500"})
+                answer["s"] = time.monotonic() - started
+            finally:
+                client.close()
+
+        t = threading.Thread(target=upload)
+        t.start()
+        try:
+            time.sleep(0.3)  # the slow upload now holds its write transaction open
+            fast.append("f", b"f-0")
+            fast.sync()
+        finally:
+            t.join(timeout=WAIT)
+        self.assertFalse(t.is_alive(), "the stalled upload never answered")
+        self.assertEqual(answer["r"].status, 200, answer["r"])
+        self.assertGreaterEqual(answer["s"], 1.4, "the upload was not held in its transaction")
+        w.wait_end("downloaded", slow.host, "s", 2)
+        w.wait_end("downloaded", fast.host, "f", 1)
+        w.stop()
+        got = [x for x in w.batches() if "downloaded" in x]
+        seqs = [x["seq"] for x in got]
+        self.assertEqual(seqs, sorted(seqs), got)
+        self.assertEqual(len(set(seqs)), len(seqs), got)
+        self.assertEqual(sum(x["downloaded"] for x in got), 3, got)
+        self.assertEqual(len(b.records()), 3)
+        b.verify()
 
     def test_rides_through_server_kill_and_restart(self):
         server = ServerProcess(self)
