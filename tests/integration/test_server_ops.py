@@ -5,7 +5,7 @@ import re
 import subprocess
 import unittest
 
-from harness import ServerProcess, make_records, make_tempdir, new_host, recsyncd_bin
+from harness import ServerProcess, make_database, make_records, make_tempdir, new_host, recsyncd_bin
 
 
 def metric(text, name, labels=None):
@@ -148,7 +148,7 @@ class CommandLineTests(unittest.TestCase):
 
     def test_a_taken_port_fails_with_a_message(self):
         server = ServerProcess(self)
-        p = self.run_server("--db", server.db.url + ".2", "--listen", "127.0.0.1:%d" % server.port)
+        p = self.run_server("--db", make_database(self).url, "--listen", "127.0.0.1:%d" % server.port)
         self.assertEqual(p.returncode, 1)
         self.assertIn("127.0.0.1:%d" % server.port, p.stderr)
 
