@@ -117,9 +117,11 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " ON CONFLICT (user_id, host, tag) DO UPDATE SET end_idx = excluded.end_idx",
     [ST_RECORD_GET] = "SELECT id, hlc, version, data FROM records WHERE user_id = $1::int8"
                       " AND host = $2::bytea AND tag = $3::text AND idx = $4::int8",
+    /* A run of new records of one shard: arrays in binary format, one statement. */
     [ST_RECORD_PUT] = "INSERT INTO records(user_id, host, tag, idx, id, hlc, version, data)"
-                      " VALUES ($1::int8, $2::bytea, $3::text, $4::int8, $5::bytea, $6::int8,"
-                      " $7::int8, $8::bytea)",
+                      " SELECT $1::int8, $2::bytea, $3::text, unnest($4::int8[]),"
+                      " unnest($5::bytea[]), unnest($6::int8[]), unnest($7::int8[]),"
+                      " unnest($8::bytea[])",
     [ST_USER_ADVANCE] = "UPDATE users SET seq = seq + $2::int8, records = records + $2::int8,"
                         " bytes = bytes + $3::int8 WHERE user_id = $1::int8 RETURNING seq",
     [ST_EVENT_PUT] = "INSERT INTO events(user_id, seq, host, tag, start_idx, end_idx, created_ms)"
@@ -811,18 +813,81 @@ static int same_as_stored(conn *c, int64_t user, const rs_record *rec)
     return 0;
 }
 
-static int insert_record(conn *c, int64_t user, const rs_record *rec)
+#define OID_BYTEA 17
+#define OID_INT8 20
+
+static unsigned char *put_u32(unsigned char *p, uint32_t x)
 {
+    p[0] = (unsigned char)(x >> 24);
+    p[1] = (unsigned char)(x >> 16);
+    p[2] = (unsigned char)(x >> 8);
+    p[3] = (unsigned char)x;
+    return p + 4;
+}
+
+static unsigned char *put_u64(unsigned char *p, uint64_t x)
+{
+    p = put_u32(p, (uint32_t)(x >> 32));
+    return put_u32(p, (uint32_t)x);
+}
+
+/* The header of a one-dimensional array of n elements of type `oid`, binary format. */
+static unsigned char *put_array_head(unsigned char *p, uint32_t oid, size_t n)
+{
+    p = put_u32(p, 1);
+    p = put_u32(p, 0);
+    p = put_u32(p, oid);
+    p = put_u32(p, (uint32_t)n);
+    return put_u32(p, 1);
+}
+
+/*
+ * Stores records recs[0..n) (new, contiguous, of one shard) with one
+ * INSERT over arrays: one round trip per run instead of one per record.
+ */
+static int put_records(conn *c, int64_t user, const rs_record *recs, size_t n)
+{
+    if (n == 0)
+        return 0;
+    size_t data_bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        data_bytes += 4 + recs[i].data_len;
+    size_t ints = 20 + n * 12, ids = 20 + n * 20, total = 3 * ints + ids + 20 + data_bytes;
+    unsigned char *buf = rs__malloc(total);
+    if (buf == NULL)
+        return rs__error(RS_ENOMEM, "out of memory storing %zu records", n);
+    unsigned char *a_idx = buf, *a_id = a_idx + ints, *a_hlc = a_id + ids, *a_ver = a_hlc + ints;
+    unsigned char *a_data = a_ver + ints;
+    unsigned char *pi = put_array_head(a_idx, OID_INT8, n),
+                  *pd = put_array_head(a_id, OID_BYTEA, n);
+    unsigned char *ph = put_array_head(a_hlc, OID_INT8, n),
+                  *pv = put_array_head(a_ver, OID_INT8, n);
+    unsigned char *pa = put_array_head(a_data, OID_BYTEA, n);
+    for (size_t i = 0; i < n; i++) {
+        const rs_record *rec = &recs[i];
+        pi = put_u64(put_u32(pi, 8), rec->idx);
+        pd = put_u32(pd, 16);
+        memcpy(pd, rec->id.bytes, 16);
+        pd += 16;
+        ph = put_u64(put_u32(ph, 8), (uint64_t)rec->hlc);
+        pv = put_u64(put_u32(pv, 8), rec->version);
+        pa = put_u32(pa, (uint32_t)rec->data_len);
+        if (rec->data_len)
+            memcpy(pa, rec->data, rec->data_len);
+        pa += rec->data_len;
+    }
     params p = {0};
     p_i64(&p, user);
-    p_uuid(&p, &rec->host);
-    p_text(&p, rec->tag);
-    p_i64(&p, (int64_t)rec->idx);
-    p_uuid(&p, &rec->id);
-    p_i64(&p, (int64_t)rec->hlc);
-    p_i64(&p, (int64_t)rec->version);
-    p_bytes(&p, rec->data, rec->data_len);
-    return q(c, NULL, ST_RECORD_PUT, &p, "storing a record");
+    p_uuid(&p, &recs[0].host);
+    p_text(&p, recs[0].tag);
+    p_bytes(&p, a_idx, (size_t)(pi - a_idx));
+    p_bytes(&p, a_id, (size_t)(pd - a_id));
+    p_bytes(&p, a_hlc, (size_t)(ph - a_hlc));
+    p_bytes(&p, a_ver, (size_t)(pv - a_ver));
+    p_bytes(&p, a_data, (size_t)(pa - a_data));
+    int err = q(c, NULL, ST_RECORD_PUT, &p, "storing records");
+    rs_free(buf);
+    return err;
 }
 
 static int same_shard(const rs_record *a, const rs_record *b)
@@ -862,22 +927,26 @@ static int pg_insert(rs_backend *b, rs_insert_result *out, int64_t user, const r
     seq = (uint64_t)get_i64(r, 0, 0);
     PQclear(r);
     uint64_t first_seq = seq;
+    /* New records wait in records[pending, i) and are stored together before anything reads. */
+    size_t pending = 0;
     for (size_t i = 0; i < count; i++) {
         const rs_record *rec = &records[i];
         if (rs.shard == NULL || !same_shard(rs.shard, rec)) {
-            if ((err = run_flush(c, user, &rs, seq, now)) < 0)
+            if ((err = put_records(c, user, &records[pending], i - pending)) < 0 ||
+                (err = run_flush(c, user, &rs, seq, now)) < 0)
                 goto done;
+            pending = i;
             memset(&rs, 0, sizeof(rs));
             rs.shard = rec;
             if ((err = shard_end(c, &rs.end, user, rec)) < 0)
                 goto done;
         }
         if (rec->idx < rs.end) {
-            if ((err = same_as_stored(c, user, rec)) < 0)
+            if ((err = put_records(c, user, &records[pending], i - pending)) < 0 ||
+                (err = same_as_stored(c, user, rec)) < 0)
                 goto done;
+            pending = i + 1;
         } else if (rec->idx == rs.end) {
-            if ((err = insert_record(c, user, rec)) < 0)
-                goto done;
             if (rs.inserted++ == 0)
                 rs.first_new = rec->idx;
             rs.end++;
@@ -893,7 +962,8 @@ static int pg_insert(rs_backend *b, rs_insert_result *out, int64_t user, const r
         }
         out->accepted++;
     }
-    if ((err = run_flush(c, user, &rs, seq, now)) < 0)
+    if ((err = put_records(c, user, &records[pending], count - pending)) < 0 ||
+        (err = run_flush(c, user, &rs, seq, now)) < 0)
         goto done;
     if (out->inserted > 0) {
         char sql[96];
