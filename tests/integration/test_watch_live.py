@@ -260,6 +260,20 @@ class WatchLive(unittest.TestCase):
         self.assert_same(a, b, 10)
         self.assertEqual(a.log(), b.log())
 
+    def test_unknown_token_ends_the_watch_with_status_1(self):
+        server = ServerProcess(self)
+        (b,) = make_devices(self, server, 1, names=["b"])
+        port = server.port
+        server.kill(signal.SIGKILL)
+        ServerProcess(self, port=port)  # a fresh server on the same port: b's token is unknown
+        w = Watcher(self, b)
+        rc = w.proc.wait(timeout=WAIT)
+        for t in w.threads:
+            t.join(timeout=5)
+        self.assertEqual(rc, 1, w.err)
+        self.assertTrue(any("401" in l and "unauthorized" in l for l in w.err), w.err)
+        self.assertEqual(w.out, [])
+
     def test_old_cursor_gets_410_and_watch_resyncs(self):
         args = ["--event-retention", "2", "--retention-interval-ms", "100"]
         server = ServerProcess(self, args=args)
