@@ -31,19 +31,18 @@ if [ "${SKIP_VALGRIND:-0}" != 1 ]; then
     echo "== unit tests under valgrind =="
     cmake -S . -B "$build/plain" -DCMAKE_BUILD_TYPE=Debug -DRS_WERROR=ON >/dev/null
     cmake --build "$build/plain" -j"$jobs"
-    count=0
-    for t in "$build"/plain/tests/test_*; do
-        [ -x "$t" ] || continue
-        # The property test's full 200+ scenarios run under ASan above; under
-        # valgrind (about 30x slower) a slice of them checks memory.
-        RS_CONV_SCENARIOS=20 valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-            "$t" >"$t.valgrind.log" 2>&1 || {
-            echo "valgrind found errors in $(basename "$t"):" >&2
-            tail -60 "$t.valgrind.log" >&2
-            exit 1
-        }
-        count=$((count + 1))
-    done
+    # Two at a time (this is a 2-core target); the property test's full 200+
+    # scenarios run under ASan above, so under valgrind (about 30x slower) a
+    # slice of them checks memory.
+    programs=$(find "$build/plain/tests" -maxdepth 1 -name 'test_*' -type f -executable | sort)
+    count=$(echo "$programs" | wc -l)
+    echo "$programs" | RS_CONV_SCENARIOS=20 xargs -P2 -I{} sh -c '
+        valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+            "$1" >"$1.valgrind.log" 2>&1 || {
+            echo "valgrind found errors in $(basename "$1"):" >&2
+            tail -60 "$1.valgrind.log" >&2
+            exit 255
+        }' valgrind-one {} || exit 1
     echo "valgrind: $count unit test programs clean"
 fi
 
