@@ -126,6 +126,9 @@ class PostgresCluster:
             self.runas = ["runuser", "-u", "postgres", "--"]
         import atexit
         atexit.register(self.destroy)
+        # SIGTERM (ctest's timeout, a CI cancel) runs the exit handlers too.
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda *_: os._exit(self.destroy() or 143))
         self._init_datadir()
         self.start()
 
