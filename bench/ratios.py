@@ -10,6 +10,12 @@ one line per comparable figure:
 
 ratio is recsync / peer; "better" says which way is good for that figure.
 Then one {"bench":"target",...} line per target of DESIGN.md with "met".
+Ratios and targets use the SQLite server's figures (recsyncd's default);
+when the run also measured a PostgreSQL server, one line per figure sets
+the two side by side (ratio is postgres / sqlite):
+
+  {"bench":"backends","what":"push","n":100000,"unit":"records/s",
+   "sqlite":131000,"postgres":98000,"ratio":0.748,"better":"higher"}
 
 Usage: ratios.py N < results.jsonl
 """
@@ -54,9 +60,25 @@ TARGETS = [
 ]
 
 
+# Figures measured on both backends, in the order they are printed.
+BACKENDS = [
+    ("push", "records/s", "higher"),
+    ("pull", "records/s", "higher"),
+    ("noop", "ms", "lower"),
+    ("noop_push_pull", "ms", "lower"),
+    ("incr", "ms", "lower"),
+    ("index_rps", "requests/s", "higher"),
+    ("rss_client_push", "MiB", "lower"),
+    ("rss_client_pull", "MiB", "lower"),
+    ("rss_server_sync", "MiB", "lower"),
+    ("rss_server", "MiB", "lower"),
+]
+
+
 def main():
     n = int(sys.argv[1])
-    ours = {}  # (what, n) -> value
+    ours = {}  # (what, n) -> value, SQLite server
+    pg = {}  # (what, n) -> value, PostgreSQL server
     peers = {}  # (peer, metric) -> object, for this n
     for line in sys.stdin:
         line = line.strip()
@@ -68,7 +90,8 @@ def main():
             continue
         bench = obj.get("bench")
         if bench == "recsync" and "what" in obj:
-            ours[(obj["what"], obj.get("n"))] = obj["value"]
+            into = pg if obj.get("backend") == "postgres" else ours
+            into[(obj["what"], obj.get("n"))] = obj["value"]
         elif bench in ("pouchdb", "hypercore") and obj.get("n") == n and "metric" in obj:
             peers[(bench, obj["metric"])] = obj
 
@@ -85,6 +108,15 @@ def main():
         print(json.dumps({"bench": "ratio", "what": what, "peer": peer, "n": n,
                           "recsync": round(mine, 3), "peer_value": theirs, "unit": unit,
                           "ratio": round(mine / theirs, 3), "better": better},
+                         separators=(",", ":")))
+
+    for what, unit, better in BACKENDS:
+        lite, post = ours.get((what, n)), pg.get((what, n))
+        if lite is None or post is None:
+            continue
+        print(json.dumps({"bench": "backends", "what": what, "n": n, "unit": unit,
+                          "sqlite": round(lite, 3), "postgres": round(post, 3),
+                          "ratio": round(post / lite, 3) if lite else None, "better": better},
                          separators=(",", ":")))
 
     sizes = sorted({k[1] for k in ours})

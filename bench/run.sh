@@ -13,11 +13,17 @@
 #   BENCH_WRK_SECONDS duration of the wrk run (default 10)
 #   BENCH_PEERS       0: skip the PouchDB and Hypercore peers (default 1)
 #   BENCH_SHARED      the shared directory holding peers/ (default: found next to the repo)
+#   BENCH_PG          0: skip the PostgreSQL leg (default 1 when initdb is found)
+#   BENCH_PG_BIN      PostgreSQL's bin directory (default: the newest /usr/lib/postgresql/*/bin)
+#   BENCH_PG_SYNC_COMMIT  the cluster's synchronous_commit (default on, PostgreSQL's own default)
 #
 # stdout: one JSON line per measurement,
 #   {"bench":"recsync","what":"push","n":100000,"value":51234.5,"unit":"records/s"}
 # then the peers' own lines ({"bench":"pouchdb",...}, {"bench":"hypercore",...}),
-# then one {"bench":"ratio",...} line per comparable figure. Progress goes to stderr.
+# then one {"bench":"ratio",...} line per comparable figure. Every recsync line
+# carries "backend":"sqlite" or "backend":"postgres": the same workload runs on
+# a fresh recsyncd on each, and {"bench":"backends",...} lines set them side by
+# side. Progress goes to stderr.
 # Every process this script starts is killed by PID on exit, pass or fail.
 set -euo pipefail
 
@@ -35,6 +41,8 @@ BIN=$BUILD/bin
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/recsync-bench-XXXXXX")
 RESULTS=$WORK/results.jsonl
 PIDS=()
+PG_PID=""
+BACKEND=sqlite
 
 log() { printf '[run.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -46,6 +54,7 @@ cleanup() {
             wait "$pid" 2>/dev/null || true
         fi
     done
+    pg_stop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -54,21 +63,24 @@ trap 'exit 130' INT TERM
 # A JSON line of ours, on stdout and in the results file.
 emit() {
     local line
-    line=$(printf '{"bench":"recsync","what":"%s","n":%s,"value":%s,"unit":"%s"}' "$1" "$2" "$3" "$4")
+    line=$(printf '{"bench":"recsync","backend":"%s","what":"%s","n":%s,"value":%s,"unit":"%s"}' \
+        "$BACKEND" "$1" "$2" "$3" "$4")
     printf '%s\n' "$line" | tee -a "$RESULTS"
 }
 
-# Runs a command whose stdout is JSON lines: shown and kept.
+# Runs a command whose stdout is JSON lines: shown and kept, recsync's own
+# lines marked with the backend of the server they ran against.
 collect() {
-    "$@" | tee -a "$RESULTS"
+    "$@" | sed -u "s/^{\"bench\":\"recsync\",/{\"bench\":\"recsync\",\"backend\":\"$BACKEND\",/" |
+        tee -a "$RESULTS"
 }
 
-# Starts recsyncd on a fresh SQLite database in $1 on 127.0.0.1, port 0.
-# Sets SERVER_PID and URL.
+# Starts recsyncd on 127.0.0.1, port 0, its log in directory $1, on the
+# database $2 (default: a fresh SQLite file in $1). Sets SERVER_PID and URL.
 start_server() {
-    local dir=$1 port="" i
+    local dir=$1 db=${2:-$1/server.db} port="" i
     mkdir -p "$dir"
-    "$BIN/recsyncd" --db "$dir/server.db" --listen 127.0.0.1:0 >"$dir/server.log" 2>&1 &
+    "$BIN/recsyncd" --db "$db" --listen 127.0.0.1:0 >"$dir/server.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     for ((i = 0; i < 100; i++)); do
@@ -91,16 +103,65 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
 }
 
+# PostgreSQL binaries run as the postgres system user when this runs as root
+# (initdb refuses root).
+pg_run() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# A real PostgreSQL cluster in directory $1, listening only on a Unix socket
+# there, with database "bench". Sets PG_PID and PG_URL.
+pg_start() {
+    local dir=$1
+    mkdir -p "$dir"
+    if [ "$(id -u)" = 0 ]; then
+        chmod 755 "$WORK"
+        chown postgres: "$dir"
+    fi
+    pg_run "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C --no-sync >"$dir/initdb.log" 2>&1 || {
+        cat "$dir/initdb.log" >&2
+        exit 1
+    }
+    pg_run "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+        -o "-k $dir -c listen_addresses='' -c max_connections=200 -c synchronous_commit=$PG_SYNC_COMMIT" \
+        start >&2 || {
+        cat "$dir/postgres.log" >&2
+        exit 1
+    }
+    PG_PID=$(head -n1 "$dir/data/postmaster.pid")
+    PG_DIR=$dir
+    pg_run "$PG_BIN/psql" -X -q -h "$dir" -U postgres -d postgres -c "CREATE DATABASE bench" >&2
+    PG_URL="postgres:///bench?host=$dir&user=postgres"
+    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}') pid $PG_PID in $dir (synchronous_commit=$PG_SYNC_COMMIT)"
+}
+
+# Stops the cluster (fast shutdown), SIGKILL by PID if it is still there.
+pg_stop() {
+    local i
+    [ -n "$PG_PID" ] || return 0
+    pg_run "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$PG_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$PG_PID" 2>/dev/null || true
+    PG_PID=""
+}
+
 # Peak resident set of a running process, in MiB (VmHWM).
 peak_rss() {
     awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
-# Write, push and pull of n records through a fresh server in $2;
-# leaves devices a and b and the server running.
+# Write, push and pull of n records through a fresh server in $2 (on the
+# database $3, default SQLite); leaves devices a and b and the server running.
 full_sync() {
     local n=$1 dir=$2
-    start_server "$dir"
+    start_server "$dir" "${3:-}"
     log "N=$n: device A writes $n records of 200 B"
     collect "$BIN/bench_sync" write "$URL" bench "$dir/a" "$n"
     log "N=$n: push A -> server"
@@ -133,8 +194,31 @@ D=$WORK/n$N
 full_sync "$N" "$D"
 
 # ---------------------------------------------- no-op and incremental ----
-log "N=$N: no-op syncs and incremental syncs of $INCR records (x$REPEAT, in-process)"
-collect "$BIN/bench_sync" steady "$D/a" "$D/b" "$N" "$REPEAT" "$INCR"
+# No-op and incremental syncs of devices a and b in $1 (n records), in-process.
+steady() {
+    log "$BACKEND N=$2: no-op syncs and incremental syncs of $INCR records (x$REPEAT, in-process)"
+    collect "$BIN/bench_sync" steady "$1/a" "$1/b" "$2" "$REPEAT" "$INCR"
+}
+
+# wrk on GET /api/v1/index of the running server with device a's token in $1.
+index_reads() {
+    local token
+    token=$("$BIN/bench_sync" token "$1/a")
+    log "$BACKEND N=$2: wrk -t2 -c64 -d${WRK_SECONDS}s GET /api/v1/index"
+    wrk -t2 -c64 -d"${WRK_SECONDS}s" -H "Authorization: Token $token" "$URL/api/v1/index" >"$WORK/wrk.txt" 2>&1 || {
+        cat "$WORK/wrk.txt" >&2
+        exit 1
+    }
+    cat "$WORK/wrk.txt" >&2
+    if grep -q 'Non-2xx' "$WORK/wrk.txt"; then
+        log "wrk saw error answers; the figure below is not of successful reads"
+        exit 1
+    fi
+    emit index_rps "$2" "$(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.txt")" requests/s
+    emit rss_server "$2" "$(peak_rss "$SERVER_PID")" MiB
+}
+
+steady "$D" "$N"
 
 log "N=$N: CLI no-op sync (recsync sync, a whole process) and CLI start-up (recsync --version)"
 hyperfine -N --warmup 2 --runs "$CLI_RUNS" --export-json "$WORK/cli.json" \
@@ -156,25 +240,13 @@ emit noop_cli_cpu "$N" "$cpu_sync" ms
 emit cli_startup_cpu "$N" "$cpu_start" ms
 
 # ------------------------------------------------------------------ wrk ----
-TOKEN=$("$BIN/bench_sync" token "$D/a")
-log "N=$N: wrk -t2 -c64 -d${WRK_SECONDS}s GET /api/v1/index"
-wrk -t2 -c64 -d"${WRK_SECONDS}s" -H "Authorization: Token $TOKEN" "$URL/api/v1/index" >"$WORK/wrk.txt" 2>&1 || {
-    cat "$WORK/wrk.txt" >&2
-    exit 1
-}
-cat "$WORK/wrk.txt" >&2
-if grep -q 'Non-2xx' "$WORK/wrk.txt"; then
-    log "wrk saw error answers; the figure below is not of successful reads"
-    exit 1
-fi
-emit index_rps "$N" "$(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.txt")" requests/s
-emit rss_server "$N" "$(peak_rss "$SERVER_PID")" MiB
+index_reads "$D" "$N"
 
 # ----------------------------------------------------------------- live ----
 if [ -x "$BIN/bench_live" ]; then
     log "N=$N: live propagation (bench_live $URL $N)"
     "$BIN/bench_live" "$URL" "$N" >"$WORK/live.jsonl" || log "bench_live failed (exit $?); no live figures"
-    grep '^{' "$WORK/live.jsonl" | tee -a "$RESULTS" || true
+    collect grep '^{' "$WORK/live.jsonl" || true
 else
     log "no $BIN/bench_live: live propagation not measured"
 fi
@@ -186,6 +258,27 @@ if [ -n "$RSS_N" ]; then
     full_sync "$RSS_N" "$WORK/n$RSS_N"
     stop_server
     rm -rf "$WORK/n$RSS_N"
+fi
+
+# ----------------------------------------------------------- PostgreSQL ----
+# The same workload on a fresh recsyncd on a real PostgreSQL: full sync,
+# no-op and incremental syncs, index reads.
+PG_SYNC_COMMIT=${BENCH_PG_SYNC_COMMIT:-on}
+PG_BIN=${BENCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)}
+if [ "${BENCH_PG:-1}" = 0 ]; then
+    log "BENCH_PG=0: PostgreSQL leg skipped"
+elif [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+    log "no PostgreSQL (initdb) found: PostgreSQL leg skipped (apt-get install postgresql)"
+else
+    BACKEND=postgres
+    pg_start "$WORK/pg"
+    full_sync "$N" "$WORK/pg-n$N" "$PG_URL"
+    steady "$WORK/pg-n$N" "$N"
+    index_reads "$WORK/pg-n$N" "$N"
+    stop_server
+    pg_stop
+    rm -rf "$WORK/pg-n$N" "$WORK/pg"
+    BACKEND=sqlite
 fi
 
 # ---------------------------------------------------------------- peers ----
