@@ -3,8 +3,7 @@
  */
 #include "client.h"
 
-#include <curl/curl.h>
-#include <pthread.h>
+#include "curlapi.h"
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,14 +22,6 @@ struct rs_client {
     int write_error; /* out of memory storing the response */
     char errbuf[CURL_ERROR_SIZE];
 };
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_ready = CURLE_FAILED_INIT;
-
-static void curl_init_once(void)
-{
-    curl_ready = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata)
 {
@@ -53,10 +44,8 @@ int rs__client_new(rs_client **out, const char *url, const char *token, const rs
     size_t n;
     int err = 0;
 
-    pthread_once(&curl_once, curl_init_once);
-    if (curl_ready != CURLE_OK)
-        return rs__error(RS_ERROR, "libcurl failed to initialize: %s",
-                         curl_easy_strerror(curl_ready));
+    if ((err = rs__curl_load()) < 0)
+        return err;
     if (url == NULL || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0))
         return rs__error(RS_EINVAL, "server URL '%.200s' does not start with http:// or https://",
                          url ? url : "");
@@ -76,14 +65,14 @@ int rs__client_new(rs_client **out, const char *url, const char *token, const rs
     if (opts && opts->max_response > 0)
         c->max_response = opts->max_response;
 
-    if ((c->curl = curl_easy_init()) == NULL) {
+    if ((c->curl = rs__curl.easy_init()) == NULL) {
         err = rs__error(RS_ENOMEM, "libcurl could not make a handle for %s", c->base);
         goto done;
     }
     /* "Expect:" stops curl from waiting for 100-continue before large bodies. */
     const char *fixed[] = {"Accept: application/json", "Content-Type: application/json", "Expect:"};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-        struct curl_slist *l = curl_slist_append(c->headers, fixed[i]);
+        struct curl_slist *l = rs__curl.slist_append(c->headers, fixed[i]);
         if (l == NULL)
             goto nomem;
         c->headers = l;
@@ -93,26 +82,26 @@ int rs__client_new(rs_client **out, const char *url, const char *token, const rs
         struct curl_slist *l;
         if (rs_buf_printf(&h, "Authorization: Token %s", token) < 0)
             goto nomem;
-        l = curl_slist_append(c->headers, h.ptr);
+        l = rs__curl.slist_append(c->headers, h.ptr);
         sodium_memzero(h.ptr, h.len);
         rs_buf_free(&h);
         if (l == NULL)
             goto nomem;
         c->headers = l;
     }
-    curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers);
-    curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, c->errbuf);
-    curl_easy_setopt(c->curl, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c->curl, CURLOPT_BUFFERSIZE, 256L * 1024L);
-    curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
-    curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+    rs__curl_long(c->curl, CURLOPT_NOSIGNAL, 1L);
+    rs__curl_ptr(c->curl, CURLOPT_HTTPHEADER, c->headers);
+    rs__curl_write_fn(c->curl, on_write);
+    rs__curl_ptr(c->curl, CURLOPT_WRITEDATA, c);
+    rs__curl_ptr(c->curl, CURLOPT_ERRORBUFFER, c->errbuf);
+    rs__curl_long(c->curl, CURLOPT_TCP_NODELAY, 1L);
+    rs__curl_long(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+    rs__curl_long(c->curl, CURLOPT_FOLLOWLOCATION, 0L);
+    rs__curl_long(c->curl, CURLOPT_BUFFERSIZE, 256L * 1024L);
+    rs__curl_long(c->curl, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+    rs__curl_long(c->curl, CURLOPT_TIMEOUT_MS, c->timeout_ms);
 #if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    rs__curl_ptr(c->curl, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
     *out = c;
     return 0;
@@ -128,8 +117,8 @@ void rs__client_free(rs_client *client)
     if (client == NULL)
         return;
     if (client->curl)
-        curl_easy_cleanup(client->curl);
-    curl_slist_free_all(client->headers);
+        rs__curl.easy_cleanup(client->curl);
+    rs__curl.slist_free_all(client->headers);
     rs_buf_free(&client->body);
     rs_free(client->base);
     rs_free(client->url);
@@ -144,7 +133,7 @@ const char *rs__client_url(const rs_client *client)
 void rs__client_set_timeout(rs_client *client, long timeout_ms)
 {
     client->timeout_ms = timeout_ms > 0 ? timeout_ms : RS_CLIENT_DEFAULT_TIMEOUT_MS;
-    curl_easy_setopt(client->curl, CURLOPT_TIMEOUT_MS, client->timeout_ms);
+    rs__curl_long(client->curl, CURLOPT_TIMEOUT_MS, client->timeout_ms);
 }
 
 static int set_url(rs_client *c, const char *path)
@@ -233,7 +222,7 @@ static int is_lost_response(CURLcode rc)
 
 static int net_error(rs_client *c, CURLcode rc, const char *method, const char *path)
 {
-    const char *detail = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+    const char *detail = c->errbuf[0] ? c->errbuf : rs__curl.easy_strerror(rc);
     if (c->overflow)
         return rs__error(RS_ESERVER,
                          "server %s answered %s %.120s with more than %zu bytes; refusing it",
@@ -261,29 +250,29 @@ int rs__client_request(const rs_buf **out, long *status, rs_client *c, const cha
 
     if ((err = set_url(c, path)) < 0)
         return err;
-    curl_easy_setopt(c->curl, CURLOPT_URL, c->url);
+    rs__curl_ptr(c->curl, CURLOPT_URL, c->url);
     if (body) {
-        curl_easy_setopt(c->curl, CURLOPT_POST, 1L);
-        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        rs__curl_long(c->curl, CURLOPT_POST, 1L);
+        rs__curl_ptr(c->curl, CURLOPT_POSTFIELDS, body);
+        rs__curl_off(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     } else {
-        curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L);
+        rs__curl_long(c->curl, CURLOPT_HTTPGET, 1L);
     }
     for (int attempt = 0;; attempt++) {
         rs_buf_clear(&c->body);
         c->overflow = c->write_error = 0;
         c->errbuf[0] = '\0';
-        rc = curl_easy_perform(c->curl);
+        rc = rs__curl.easy_perform(c->curl);
         if (attempt == 0 && retry && is_lost_response(rc) && !c->overflow && !c->write_error) {
-            curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, 1L);
+            rs__curl_long(c->curl, CURLOPT_FRESH_CONNECT, 1L);
             continue;
         }
         break;
     }
-    curl_easy_setopt(c->curl, CURLOPT_FRESH_CONNECT, 0L);
+    rs__curl_long(c->curl, CURLOPT_FRESH_CONNECT, 0L);
     if (rc != CURLE_OK)
         return net_error(c, rc, method, path);
-    curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &code);
+    rs__curl_info_long(c->curl, CURLINFO_RESPONSE_CODE, &code);
     if (status)
         *status = code;
     if (code < 200 || code > 299)

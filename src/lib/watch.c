@@ -9,7 +9,7 @@
 #include "internal.h"
 #include "recsync/sync.h"
 
-#include <curl/curl.h>
+#include "curlapi.h"
 #include <errno.h>
 #include <poll.h>
 #include <sodium.h>
@@ -362,11 +362,12 @@ static int pull(watch *w, const rs_wire_event *ev)
 static void stream_close(watch *w)
 {
     if (w->stream) {
-        curl_multi_remove_handle(w->multi, w->stream);
-        curl_easy_cleanup(w->stream);
+        rs__curl.multi_remove_handle(w->multi, w->stream);
+        rs__curl.easy_cleanup(w->stream);
         w->stream = NULL;
     }
-    curl_slist_free_all(w->headers);
+    if (w->headers) /* else libcurl may never have been loaded */
+        rs__curl.slist_free_all(w->headers);
     w->headers = NULL;
     rs_buf_clear(&w->line);
     rs_buf_clear(&w->data);
@@ -455,7 +456,7 @@ static size_t stream_write(char *bytes, size_t size, size_t nmemb, void *userdat
 
     w->last_byte = now_ms();
     if (w->status == 0)
-        curl_easy_getinfo(w->stream, CURLINFO_RESPONSE_CODE, &w->status);
+        rs__curl_info_long(w->stream, CURLINFO_RESPONSE_CODE, &w->status);
     if (w->status != 200) {
         size_t room = ERROR_BODY_MAX - w->error_body.len;
         if (w->error_body.len < ERROR_BODY_MAX &&
@@ -498,18 +499,18 @@ static int stream_open(watch *w)
     int err = 0;
 
     stream_close(w);
-    if ((w->stream = curl_easy_init()) == NULL)
+    if ((w->stream = rs__curl.easy_init()) == NULL)
         return rs__error(RS_ENOMEM, "libcurl could not make a handle for %s", w->url);
     snprintf(header, sizeof(header), "Last-Event-ID: %llu", (unsigned long long)w->last_seq);
     const char *fixed[] = {"Accept: text/event-stream", header};
     for (size_t i = 0; i < 2; i++) {
-        if ((l = curl_slist_append(w->headers, fixed[i])) == NULL)
+        if ((l = rs__curl.slist_append(w->headers, fixed[i])) == NULL)
             goto nomem;
         w->headers = l;
     }
     if (rs_buf_printf(&path, "Authorization: Token %s", w->token) < 0)
         goto nomem;
-    l = curl_slist_append(w->headers, path.ptr);
+    l = rs__curl.slist_append(w->headers, path.ptr);
     sodium_memzero(path.ptr, path.len);
     rs_buf_clear(&path);
     if (l == NULL)
@@ -517,20 +518,20 @@ static int stream_open(watch *w)
     w->headers = l;
     if (rs_buf_printf(&path, "%s/api/v1/events", w->url) < 0)
         goto nomem;
-    curl_easy_setopt(w->stream, CURLOPT_URL, path.ptr);
-    curl_easy_setopt(w->stream, CURLOPT_HTTPHEADER, w->headers);
-    curl_easy_setopt(w->stream, CURLOPT_WRITEFUNCTION, stream_write);
-    curl_easy_setopt(w->stream, CURLOPT_WRITEDATA, w);
-    curl_easy_setopt(w->stream, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(w->stream, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(w->stream, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(w->stream, CURLOPT_CONNECTTIMEOUT_MS,
+    rs__curl_ptr(w->stream, CURLOPT_URL, path.ptr);
+    rs__curl_ptr(w->stream, CURLOPT_HTTPHEADER, w->headers);
+    rs__curl_write_fn(w->stream, stream_write);
+    rs__curl_ptr(w->stream, CURLOPT_WRITEDATA, w);
+    rs__curl_long(w->stream, CURLOPT_NOSIGNAL, 1L);
+    rs__curl_long(w->stream, CURLOPT_TCP_NODELAY, 1L);
+    rs__curl_long(w->stream, CURLOPT_TCP_KEEPALIVE, 1L);
+    rs__curl_long(w->stream, CURLOPT_CONNECTTIMEOUT_MS,
                      w->opts.sync.connect_timeout_ms > 0 ? w->opts.sync.connect_timeout_ms
                                                          : RS_CLIENT_DEFAULT_CONNECT_MS);
 #if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt(w->stream, CURLOPT_PROTOCOLS_STR, "http,https");
+    rs__curl_ptr(w->stream, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
-    if (curl_multi_add_handle(w->multi, w->stream) != CURLM_OK) {
+    if (rs__curl.multi_add_handle(w->multi, w->stream) != CURLM_OK) {
         err = rs__error(RS_ERROR, "libcurl could not start the event stream of %s", w->url);
         goto done;
     }
@@ -556,7 +557,7 @@ static int stream_ended(watch *w, CURLcode rc, char *why, size_t why_size)
     char name[64] = "", message[400] = "";
 
     if (status == 0)
-        curl_easy_getinfo(w->stream, CURLINFO_RESPONSE_CODE, &status);
+        rs__curl_info_long(w->stream, CURLINFO_RESPONSE_CODE, &status);
     if (w->stream_error == 2 || status == 410) {
         w->need_resync = 1;
         snprintf(why, why_size, "server %s no longer keeps the events after seq %llu", w->url,
@@ -567,7 +568,7 @@ static int stream_ended(watch *w, CURLcode rc, char *why, size_t why_size)
         snprintf(why, why_size, "event stream of %s ended: %s", w->url,
                  w->stream_error  ? rs_error_last()
                  : rc == CURLE_OK ? "the server closed it"
-                                  : curl_easy_strerror(rc));
+                                  : rs__curl.easy_strerror(rc));
         return 0;
     }
     if (w->error_body.len > 0)
@@ -711,7 +712,7 @@ static int loop(watch *w)
             fds[nfds++] = (struct curl_waitfd){.fd = w->opts.stop_fd, .events = CURL_WAIT_POLLIN};
         if (w->inotify_fd >= 0)
             fds[nfds++] = (struct curl_waitfd){.fd = w->inotify_fd, .events = CURL_WAIT_POLLIN};
-        if (curl_multi_poll(w->multi, fds, nfds, (int)timeout, NULL) != CURLM_OK)
+        if (rs__curl.multi_poll(w->multi, fds, nfds, (int)timeout, NULL) != CURLM_OK)
             return rs__error(RS_ERROR, "waiting on the event stream of %s failed", w->url);
         for (unsigned i = 0; i < nfds; i++) {
             if (fds[i].fd == w->opts.stop_fd && w->opts.stop_fd > 0 && fds[i].revents)
@@ -733,7 +734,7 @@ static int loop(watch *w)
         }
         if (w->stream == NULL)
             continue;
-        curl_multi_perform(w->multi, &running);
+        rs__curl.multi_perform(w->multi, &running);
         if ((err = apply_queue(w)) < 0) {
             if ((err = soft_fail(w, err)) < 0)
                 return err;
@@ -750,7 +751,7 @@ static int loop(watch *w)
             if (w->stream == NULL)
                 continue;
         }
-        while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
+        while ((msg = rs__curl.multi_info_read(w->multi, &left)) != NULL) {
             char why[600];
             if (msg->msg != CURLMSG_DONE || msg->easy_handle != w->stream)
                 continue;
@@ -814,7 +815,7 @@ int rs_watch(rs_store *store, const rs_watch_opts *opts)
     copts.timeout_ms = w.opts.sync.timeout_ms;
     if ((err = rs__client_new(&w.client, w.url, w.token, &copts)) < 0)
         goto done;
-    if ((w.multi = curl_multi_init()) == NULL) {
+    if ((w.multi = rs__curl.multi_init()) == NULL) {
         err = rs__error(RS_ENOMEM, "libcurl could not make a multi handle for %s", w.url);
         goto done;
     }
@@ -841,7 +842,7 @@ int rs_watch(rs_store *store, const rs_watch_opts *opts)
 done:
     stream_close(&w);
     if (w.multi)
-        curl_multi_cleanup(w.multi);
+        rs__curl.multi_cleanup(w.multi);
     if (w.inotify_fd >= 0)
         close(w.inotify_fd);
     sqlite3_finalize(w.st_version);

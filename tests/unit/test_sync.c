@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "client.h"
+#include "curlapi.h"
 #include "testutil.h"
 
 #include <arpa/inet.h>
@@ -252,6 +253,54 @@ static int canned_handler(fake *f, const char *method, const char *path, const c
     }
     *status = 404;
     return rs_buf_puts(out, "{\"error\":\"not_found\",\"message\":\"no route\"}");
+}
+
+/* 1 if a shared object whose path contains `name` is mapped into this process. */
+static int mapped(const char *name)
+{
+    char line[1024];
+    int found = 0;
+    FILE *f = fopen("/proc/self/maps", "r");
+    assert_non_null(f);
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, name) != NULL;
+    fclose(f);
+    return found;
+}
+
+/*
+ * Runs first: a process that works only on its store (open, append, read)
+ * never maps libcurl; the first client opens it, once.
+ */
+static void libcurl_is_loaded_by_the_first_client_only(void **state)
+{
+    char dir[TEST_PATH_MAX];
+    rs_store *store = NULL;
+    rs_record meta, *rec = NULL;
+    uint8_t *plain = NULL;
+    size_t plain_len = 0;
+    rs_client *c = NULL;
+    (void)state;
+    assert_int_equal(test_tempdir(dir), 0);
+    OK(rs_store_init(&store, dir, NULL));
+    rs_store_free(store);
+    OK(rs_store_open(&store, dir, NULL));
+    OK(rs_append(&meta, store, "note", 1, "hello", 5));
+    OK(rs_store_get(&rec, store, &meta.id));
+    OK(rs_record_open(&plain, &plain_len, store, rec));
+    assert_int_equal(plain_len, 5);
+    rs_free(plain);
+    rs_record_free(rec);
+    rs_store_free(store);
+    test_rmtree(dir);
+    assert_int_equal(rs__curl_loaded(), 0);
+    assert_false(mapped("libcurl"));
+
+    OK(rs__client_new(&c, "http://127.0.0.1:9", NULL, NULL));
+    assert_int_equal(rs__curl_loaded(), 1);
+    assert_true(mapped("libcurl"));
+    rs__client_free(c);
+    OK(rs__curl_load()); /* again: the same library, no error */
 }
 
 static void client_maps_statuses_to_codes(void **state)
@@ -738,6 +787,7 @@ static void sync_without_account_is_eauth(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(libcurl_is_loaded_by_the_first_client_only),
         cmocka_unit_test(client_maps_statuses_to_codes),
         cmocka_unit_test(client_bounds_response_size),
         cmocka_unit_test(client_unreachable_and_slow_servers_are_enet),
