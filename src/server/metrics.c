@@ -192,6 +192,20 @@ int rs_metrics_render(rs_buf *out)
                            st.bytes)) < 0)
             return err;
     }
+    if (have_stats && st.checkpointer) {
+        if ((err = counter(out, "recsyncd_sqlite_checkpoints_total",
+                           "WAL checkpoints run by the checkpointer thread (not by requests).",
+                           "counter", st.checkpoints)) < 0 ||
+            (err = counter(out, "recsyncd_sqlite_checkpoint_pages_total",
+                           "WAL pages copied into the database by those checkpoints.", "counter",
+                           st.checkpoint_pages)) < 0 ||
+            (err = counter(out, "recsyncd_sqlite_checkpoint_milliseconds_total",
+                           "Time spent in those checkpoints.", "counter", st.checkpoint_ms)) < 0 ||
+            (err = counter(out, "recsyncd_sqlite_checkpoint_errors_total",
+                           "Checkpoints that failed (retried on the next run).", "counter",
+                           st.checkpoint_errors)) < 0)
+            return err;
+    }
     return counter(out, "recsyncd_backend_up", "1 when the database answered this scrape.", "gauge",
                    (uint64_t)have_stats);
 }

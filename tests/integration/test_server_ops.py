@@ -3,9 +3,11 @@
 import os
 import re
 import subprocess
+import time
 import unittest
 
-from harness import ServerProcess, make_database, make_records, make_tempdir, new_host, recsyncd_bin
+from harness import (ServerProcess, backend_name, make_database, make_records, make_tempdir, new_host,
+                     recsyncd_bin)
 
 
 def metric(text, name, labels=None):
@@ -57,6 +59,30 @@ class OpsTests(unittest.TestCase):
             r'^recsyncd_request_duration_seconds_bucket\{route="records_upload",le="[^"]+"\} (\d+)$', text, re.M)]
         self.assertEqual(buckets, sorted(buckets))
         self.assertEqual(buckets[-1], 1)
+
+    def test_sqlite_checkpoints_run_on_the_checkpointer_thread(self):
+        """Past 1000 WAL pages the checkpointer (not a request) copies the WAL
+        into the database: /metrics counts its runs and pages, and the main
+        database file holds the uploaded bytes."""
+        if backend_name() != "sqlite":
+            self.skipTest("the WAL checkpointer belongs to the SQLite backend")
+        acct = self.server.register()
+        self.assertEqual(metric(self.server.metrics(), "recsyncd_sqlite_checkpoint_pages_total"), 0)
+        # 2,400 records of 2,000 B: about 5 MB, well past 1000 pages of 4 KiB.
+        for start in range(0, 2400, 400):
+            acct.upload(make_records(acct.host, "kv", start, 400, payload_size=2000))
+        deadline = time.monotonic() + 15
+        pages = 0
+        while time.monotonic() < deadline:
+            text = self.server.metrics()
+            pages = metric(text, "recsyncd_sqlite_checkpoint_pages_total") or 0
+            if pages >= 1000:
+                break
+            time.sleep(0.1)
+        self.assertGreaterEqual(pages, 1000, "the checkpointer did not run:\n" + text)
+        self.assertGreaterEqual(metric(text, "recsyncd_sqlite_checkpoints_total"), 1)
+        self.assertEqual(metric(text, "recsyncd_sqlite_checkpoint_errors_total"), 0)
+        self.assertGreater(os.path.getsize(self.server.db.url), 4 * 1024 * 1024)
 
     def test_unknown_routes_and_methods(self):
         c = self.server.client()

@@ -9,6 +9,8 @@
 #include "../backend.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -132,6 +134,22 @@ typedef struct conn {
     struct conn *next;
 } conn;
 
+/*
+ * WAL checkpoints run on a thread of their own. SQLite's automatic
+ * checkpoint runs inside the commit that crosses its threshold: a request
+ * would then wait for the copy into the database and its fsync (measured:
+ * live propagation p99 7-18 ms with it, 2-4 ms without). Instead, every
+ * connection's WAL hook wakes the checkpointer once the WAL holds
+ * CKPT_PAGES, and it runs PASSIVE checkpoints (never blocking a writer) on
+ * its own connection; past CKPT_FORCE_PAGES, when readers kept a passive
+ * checkpoint from finishing, it runs a RESTART checkpoint (bounded by the
+ * busy timeout) so the WAL cannot grow without bound.
+ */
+#define CKPT_PAGES 1000          /* SQLite's own automatic checkpoint threshold */
+#define CKPT_FORCE_PAGES 16384   /* 64 MiB of 4 KiB pages */
+#define CKPT_IDLE_MS 5000        /* also checkpoint what is left after this long */
+#define WAL_SIZE_LIMIT "67108864" /* the WAL file is truncated to this after a reset */
+
 typedef struct sqlite_backend {
     rs_backend base;
     char *path;
@@ -141,6 +159,15 @@ typedef struct sqlite_backend {
     int open_count;
     int max_connections;
     pthread_mutex_t write_lock;
+    /* the checkpointer */
+    pthread_t ckpt_thread;
+    int ckpt_started;
+    pthread_mutex_t ckpt_lock;
+    pthread_cond_t ckpt_cond;
+    int ckpt_wanted; /* under ckpt_lock */
+    int ckpt_stop;   /* under ckpt_lock */
+    atomic_int ckpt_signalled;
+    atomic_uint_fast64_t ckpt_runs, ckpt_pages, ckpt_ms, ckpt_errors;
 } sqlite_backend;
 
 static uint64_t now_ms(void)
@@ -208,6 +235,25 @@ static int migrate(conn *c, const char *path)
 }
 
 /* Opens one connection: pragmas, and every statement prepared. */
+/*
+ * Called after every commit with the WAL's size in pages (it replaces
+ * SQLite's automatic checkpoint): wakes the checkpointer past CKPT_PAGES,
+ * once until it has run.
+ */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *schema, int pages)
+{
+    sqlite_backend *sb = arg;
+    (void)db;
+    (void)schema;
+    if (pages >= CKPT_PAGES && !atomic_exchange(&sb->ckpt_signalled, 1)) {
+        pthread_mutex_lock(&sb->ckpt_lock);
+        sb->ckpt_wanted = 1;
+        pthread_cond_signal(&sb->ckpt_cond);
+        pthread_mutex_unlock(&sb->ckpt_lock);
+    }
+    return SQLITE_OK;
+}
+
 static int conn_open(conn **out, sqlite_backend *sb, int first)
 {
     conn *c = rs__calloc(1, sizeof(*c));
@@ -224,7 +270,8 @@ static int conn_open(conn **out, sqlite_backend *sb, int first)
     }
     sqlite3_busy_timeout(c->db, sb->base.opts.busy_timeout_ms);
     snprintf(pragmas, sizeof(pragmas),
-             "PRAGMA synchronous = %s; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;",
+             "PRAGMA synchronous = %s; PRAGMA cache_size = -16384; PRAGMA temp_store = MEMORY;"
+             " PRAGMA journal_size_limit = " WAL_SIZE_LIMIT ";",
              sb->base.opts.sync_full ? "FULL" : "NORMAL");
     if (first) {
         sqlite3_stmt *st = NULL;
@@ -241,6 +288,7 @@ static int conn_open(conn **out, sqlite_backend *sb, int first)
     }
     if ((err = exec(c, pragmas, "setting connection pragmas")) < 0)
         goto done;
+    sqlite3_wal_hook(c->db, on_wal_commit, sb);
     if (first && (err = migrate(c, sb->path)) < 0)
         goto done;
     for (int i = 0; i < ST_COUNT; i++) {
@@ -1059,6 +1107,72 @@ done:
     return err;
 }
 
+/* ---- the checkpointer ---- */
+
+/* `seen` keeps the WAL's size and checkpointed frames after the last run:
+ * SQLite reports totals for the WAL, the metric counts what each run added. */
+static void checkpoint(sqlite_backend *sb, sqlite3 *db, int seen[2])
+{
+    int log = 0, done = 0;
+    uint64_t t0 = now_ms();
+    atomic_store(&sb->ckpt_signalled, 0); /* commits from now on may wake it again */
+    int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    if (rc == SQLITE_OK && log >= CKPT_FORCE_PAGES && done < log)
+        rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+        atomic_fetch_add(&sb->ckpt_errors, 1);
+        fprintf(stderr, "recsyncd: checkpoint of %s: %s\n", sb->path, sqlite3_errmsg(db));
+        return;
+    }
+    /* A WAL that restarted since the last run is smaller, or as large with fewer frames done. */
+    int fresh = log < seen[0] || done < seen[1] ? done : done - seen[1];
+    seen[0] = log;
+    seen[1] = done;
+    if (fresh <= 0)
+        return; /* nothing was waiting */
+    atomic_fetch_add(&sb->ckpt_runs, 1);
+    atomic_fetch_add(&sb->ckpt_pages, (uint64_t)fresh);
+    atomic_fetch_add(&sb->ckpt_ms, now_ms() - t0);
+}
+
+static void *checkpointer_main(void *arg)
+{
+    sqlite_backend *sb = arg;
+    sqlite3 *db = NULL;
+    int seen[2] = {0, 0};
+    if (sqlite3_open_v2(sb->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        fprintf(stderr, "recsyncd: checkpointer cannot open %s: %s\n", sb->path,
+                db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        atomic_fetch_add(&sb->ckpt_errors, 1);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, sb->base.opts.busy_timeout_ms);
+    /* A connection knows the database is in WAL mode once it has read it. */
+    if (sqlite3_exec(db, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL) != SQLITE_OK)
+        fprintf(stderr, "recsyncd: checkpointer cannot read %s: %s\n", sb->path,
+                sqlite3_errmsg(db));
+    pthread_mutex_lock(&sb->ckpt_lock);
+    while (!sb->ckpt_stop) {
+        if (!sb->ckpt_wanted) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += CKPT_IDLE_MS / 1000;
+            pthread_cond_timedwait(&sb->ckpt_cond, &sb->ckpt_lock, &until);
+            if (sb->ckpt_stop)
+                break;
+        }
+        sb->ckpt_wanted = 0;
+        pthread_mutex_unlock(&sb->ckpt_lock);
+        checkpoint(sb, db, seen);
+        pthread_mutex_lock(&sb->ckpt_lock);
+    }
+    pthread_mutex_unlock(&sb->ckpt_lock);
+    sqlite3_close(db);
+    return NULL;
+}
+
 static int sqlite_stats(rs_backend *b, rs_backend_stats *out)
 {
     sqlite_backend *sb = (sqlite_backend *)b;
@@ -1075,6 +1189,11 @@ static int sqlite_stats(rs_backend *b, rs_backend_stats *out)
         (err = query(c, &out->shards, "SELECT count(*) FROM shards", 0, 0, 0)) < 0)
         goto done;
     err = commit(c);
+    out->checkpointer = (uint64_t)sb->ckpt_started;
+    out->checkpoints = atomic_load(&sb->ckpt_runs);
+    out->checkpoint_pages = atomic_load(&sb->ckpt_pages);
+    out->checkpoint_ms = atomic_load(&sb->ckpt_ms);
+    out->checkpoint_errors = atomic_load(&sb->ckpt_errors);
 done:
     conn_put(sb, c);
     return err;
@@ -1085,6 +1204,13 @@ static void sqlite_close(rs_backend *b)
     sqlite_backend *sb = (sqlite_backend *)b;
     if (sb == NULL)
         return;
+    if (sb->ckpt_started) {
+        pthread_mutex_lock(&sb->ckpt_lock);
+        sb->ckpt_stop = 1;
+        pthread_cond_signal(&sb->ckpt_cond);
+        pthread_mutex_unlock(&sb->ckpt_lock);
+        pthread_join(sb->ckpt_thread, NULL);
+    }
     while (sb->idle) {
         conn *c = sb->idle;
         sb->idle = c->next;
@@ -1093,6 +1219,8 @@ static void sqlite_close(rs_backend *b)
     pthread_mutex_destroy(&sb->pool_lock);
     pthread_cond_destroy(&sb->pool_cond);
     pthread_mutex_destroy(&sb->write_lock);
+    pthread_mutex_destroy(&sb->ckpt_lock);
+    pthread_cond_destroy(&sb->ckpt_cond);
     rs_free(sb->path);
     rs_free(sb);
 }
@@ -1138,6 +1266,8 @@ int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_
     pthread_mutex_init(&sb->pool_lock, NULL);
     pthread_cond_init(&sb->pool_cond, NULL);
     pthread_mutex_init(&sb->write_lock, NULL);
+    pthread_mutex_init(&sb->ckpt_lock, NULL);
+    pthread_cond_init(&sb->ckpt_cond, NULL);
     if ((sb->path = rs__strdup(path)) == NULL) {
         err = rs__error(RS_ENOMEM, "out of memory opening %s", path);
         goto done;
@@ -1146,6 +1276,11 @@ int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_
         goto done;
     sb->open_count = 1;
     sb->idle = c;
+    if (pthread_create(&sb->ckpt_thread, NULL, checkpointer_main, sb) != 0) {
+        err = rs__error(RS_ERROR, "cannot start the checkpoint thread for %s", path);
+        goto done;
+    }
+    sb->ckpt_started = 1;
 done:
     if (err < 0)
         sqlite_close(&sb->base);
