@@ -65,39 +65,14 @@ static int install_sqlite_faults(void)
     return sqlite3_config(SQLITE_CONFIG_MALLOC, &wrapped) == SQLITE_OK ? 0 : -1;
 }
 
-typedef struct fixture {
-    char root[TEST_PATH_MAX];
-    char a[TEST_PATH_MAX + 8];
-    char b[TEST_PATH_MAX + 8];
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    if (f == NULL || test_tempdir(f->root) < 0)
-        return -1;
-    snprintf(f->a, sizeof(f->a), "%s/a", f->root);
-    snprintf(f->b, sizeof(f->b), "%s/b", f->root);
-    *state = f;
-    return 0;
-}
+typedef test_fixture fixture;
 
 static int teardown(void **state)
 {
-    fixture *f = *state;
     rs__alloc_fail_at(0);
     sqlite_fail_at(0);
-    test_rmtree(f->root);
-    free(f);
-    return 0;
+    return test_teardown(state);
 }
-
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        int ok_err_ = (call);                                                                      \
-        if (ok_err_ != 0)                                                                          \
-            fail_msg("%s: %d %s", #call, ok_err_, rs_error_last());                                \
-    } while (0)
 
 /*
  * Whether the failure armed with rs__alloc_fail_at(n) was consumed: if not,
@@ -139,19 +114,6 @@ static bool step_result(unsigned long n, int err, const char *what)
     return true;
 }
 
-static uint64_t record_count(rs_store *store)
-{
-    sqlite3_stmt *st = NULL;
-    uint64_t n;
-    assert_int_equal(
-        sqlite3_prepare_v2(rs_store_db(store), "SELECT count(*) FROM records", -1, &st, NULL),
-        SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    n = (uint64_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
-}
-
 static void expect_verifies(rs_store *store, uint64_t records)
 {
     rs_verify_report report;
@@ -159,7 +121,7 @@ static void expect_verifies(rs_store *store, uint64_t records)
     if (err != 0)
         fail_msg("verify: %d %s", err, rs_error_last());
     assert_int_equal(report.records, records);
-    assert_int_equal(record_count(store), records);
+    assert_int_equal(test_record_rows(store), records);
 }
 
 static void alloc_fail_at_fails_exactly_the_nth_allocation(void **state)
@@ -213,7 +175,7 @@ static void append_fails_cleanly_at_every_allocation(void **state)
 
     OK(rs_store_init(&store, f->a, NULL));
     OK(rs_append(&rec, store, "things", 1, "first", 5));
-    before = record_count(store);
+    before = test_record_rows(store);
     for (n = 1; n < MAX_STEPS && !done; n++) {
         rs__alloc_fail_at(n);
         int err = rs_append(&rec, store, "things", 1, "payload under test", 18);
@@ -680,7 +642,7 @@ static void verify_never_passes_a_store_it_did_not_read(void **state)
     rs_store_free(store);
 }
 
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, test_setup, teardown)
 
 int main(void)
 {

@@ -68,42 +68,11 @@ static void rng_uuid(rs_uuid *out, rng *r)
     out->bytes[8] = (uint8_t)((out->bytes[8] & 0x3f) | 0x80);
 }
 
-/* Growable owned records. */
-typedef struct recs {
-    rs_record *v;
-    size_t n;
-    size_t cap;
-} recs;
-
-static int collect(const rs_record *rec, void *payload)
-{
-    recs *r = payload;
-    uint8_t *data = malloc(rec->data_len ? rec->data_len : 1);
-    if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 16;
-        r->v = realloc(r->v, r->cap * sizeof(*r->v));
-    }
-    if (r->v == NULL || data == NULL)
-        return RS_ENOMEM;
-    memcpy(data, rec->data, rec->data_len);
-    r->v[r->n] = *rec;
-    r->v[r->n++].data = data;
-    return 0;
-}
-
-static void recs_free(recs *r)
-{
-    for (size_t i = 0; i < r->n; i++)
-        free((void *)r->v[i].data);
-    free(r->v);
-    memset(r, 0, sizeof(*r));
-}
-
 /* The in-memory server of relay mode: one array of records per shard. */
 typedef struct relay_shard {
     rs_uuid host;
     char tag[RS_TAG_MAX + 1];
-    recs r;
+    test_recs r;
 } relay_shard;
 
 typedef struct scenario scenario;
@@ -366,7 +335,8 @@ static int relay_upload(scenario *sc, device *d, bool all)
             return scenario_fail(sc, "relay: no room for shard of %s", tags[t]);
         to = all ? end : random_end(&sc->r, rs->r.n, end);
         if (to > rs->r.n)
-            CHECK(sc, rs_store_range(d->store, &d->host, tags[t], rs->r.n, to, collect, &rs->r));
+            CHECK(sc,
+                  rs_store_range(d->store, &d->host, tags[t], rs->r.n, to, test_collect, &rs->r));
     }
     return 0;
 }
@@ -543,13 +513,13 @@ static void free_entry_text(ref_entry *r)
 
 static int reference(scenario *sc, text *kv_out, text *history_out)
 {
-    recs all = {NULL, 0, 0};
+    test_recs all = {NULL, 0, 0};
     ref_kv kv[64];
     ref_entry *entries = NULL;
     size_t nkv = 0, nentries = 0;
     int err = 0;
 
-    CHECK(sc, rs_store_foreach(sc->dev[0].store, NULL, collect, &all));
+    CHECK(sc, rs_store_foreach(sc->dev[0].store, NULL, test_collect, &all));
     entries = calloc(all.n + 1, sizeof(*entries));
     assert_non_null(entries);
     qsort(all.v, all.n, sizeof(*all.v), by_clock);
@@ -644,7 +614,7 @@ static int reference(scenario *sc, text *kv_out, text *history_out)
     for (size_t k = 0; k < nentries; k++)
         free_entry_text(&entries[k]);
     free(entries);
-    recs_free(&all);
+    test_recs_free(&all);
     if (err < 0 && !sc->failure[0])
         return scenario_fail(sc, "reference: %s", rs_error_last());
     return err < 0 ? -1 : 0;
@@ -759,7 +729,7 @@ static void free_scenario(scenario *sc)
     for (int i = 0; i < sc->ndev; i++)
         rs_store_free(sc->dev[i].store);
     for (int i = 0; i < sc->nshards; i++)
-        recs_free(&sc->shards[i].r);
+        test_recs_free(&sc->shards[i].r);
     if (sc->root[0])
         test_rmtree(sc->root);
 }

@@ -18,106 +18,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-typedef struct fixture {
-    char root[TEST_PATH_MAX];
-    char a[TEST_PATH_MAX + 8];
-    char b[TEST_PATH_MAX + 8];
-    char c[TEST_PATH_MAX + 8];
-    char file[TEST_PATH_MAX + 16];
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    if (f == NULL || test_tempdir(f->root) < 0)
-        return -1;
-    snprintf(f->a, sizeof(f->a), "%s/a", f->root);
-    snprintf(f->b, sizeof(f->b), "%s/b", f->root);
-    snprintf(f->c, sizeof(f->c), "%s/c", f->root);
-    snprintf(f->file, sizeof(f->file), "%s/history", f->root);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    test_rmtree(f->root);
-    free(f);
-    return 0;
-}
-
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        int ok_err_ = (call);                                                                      \
-        if (ok_err_ != 0)                                                                          \
-            fail_msg("%s: %d %s", #call, ok_err_, rs_error_last());                                \
-    } while (0)
-
-static rs_store *init_store(const char *dir)
-{
-    rs_store *store = NULL;
-    OK(rs_store_init(&store, dir, NULL));
-    return store;
-}
-
-static rs_store *init_sibling(const char *dir, rs_store *like)
-{
-    rs_store *store = NULL;
-    char *text = NULL;
-    OK(rs_store_key_export(&text, like));
-    OK(rs_store_init_with_key(&store, dir, text, NULL));
-    rs_free(text);
-    return store;
-}
-
-typedef struct recs {
-    rs_record *v;
-    size_t n;
-    size_t cap;
-} recs;
-
-static int collect(const rs_record *rec, void *payload)
-{
-    recs *r = payload;
-    uint8_t *data = malloc(rec->data_len);
-    if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 16;
-        r->v = realloc(r->v, r->cap * sizeof(*r->v));
-    }
-    assert_non_null(r->v);
-    assert_non_null(data);
-    memcpy(data, rec->data, rec->data_len);
-    r->v[r->n] = *rec;
-    r->v[r->n++].data = data;
-    return 0;
-}
-
-static void recs_free(recs *r)
-{
-    for (size_t i = 0; i < r->n; i++)
-        free((void *)r->v[i].data);
-    free(r->v);
-    memset(r, 0, sizeof(*r));
-}
-
-static void transfer(rs_store *to, rs_store *from)
-{
-    recs r = {NULL, 0, 0};
-    OK(rs_store_foreach(from, NULL, collect, &r));
-    OK(rs_store_insert(NULL, to, r.v, r.n));
-    recs_free(&r);
-}
-
-static uint64_t count_records(rs_store *store, const char *tag)
-{
-    recs r = {NULL, 0, 0};
-    uint64_t n;
-    OK(rs_store_foreach(store, tag, collect, &r));
-    n = r.n;
-    recs_free(&r);
-    return n;
-}
+typedef test_fixture fixture;
 
 /* Entries as text: "command|time|exit|duration;" per entry, in the order handed out. */
 typedef struct text_out {
@@ -211,7 +112,7 @@ static one_entry entry_of(rs_store *store, const rs_uuid *id)
 static void history_add_lists_newest_first(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     text_out t;
 
     add(a, "make", 1000);
@@ -231,7 +132,7 @@ static void history_add_lists_newest_first(void **state)
 static void history_add_fills_defaults_and_repairs_text(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     rs_history_entry e;
     rs_uuid id;
     one_entry o;
@@ -243,7 +144,7 @@ static void history_add_fills_defaults_and_repairs_text(void **state)
     e.command = "";
     assert_int_equal(rs_history_add(&id, a, &e), RS_EINVAL);
     assert_true(test_contains(rs_error_last(), "command"));
-    assert_int_equal(count_records(a, NULL), 0);
+    assert_int_equal(test_count_records(a, NULL), 0);
     e.command = "echo \xff caf\xc3\xa9";
     OK(rs_history_add(&id, a, &e));
     assert_false(rs_uuid_is_nil(&id));
@@ -261,7 +162,7 @@ static void history_add_fills_defaults_and_repairs_text(void **state)
 static void history_search_finds_substrings_ignoring_case(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     rs_uuid gone;
     text_out t;
 
@@ -291,7 +192,7 @@ static void history_search_finds_substrings_ignoring_case(void **state)
 static void history_delete_refuses_unknown_and_deleted_entries(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     rs_uuid id = add(a, "ls", 1000), unknown;
     char text[RS_UUID_STRLEN + 1];
 
@@ -301,7 +202,7 @@ static void history_delete_refuses_unknown_and_deleted_entries(void **state)
     assert_true(test_contains(rs_error_last(), text));
     rs_uuid_random(&unknown);
     assert_int_equal(rs_history_delete(a, &unknown), RS_ENOTFOUND);
-    assert_int_equal(count_records(a, RS_HISTORY_TAG), 2);
+    assert_int_equal(test_count_records(a, RS_HISTORY_TAG), 2);
     assert_int_equal(list(a, 0).count, 0);
     rs_store_free(a);
 }
@@ -313,25 +214,26 @@ static void history_delete_refuses_unknown_and_deleted_entries(void **state)
 static void history_delete_wins_in_any_order(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a), *c = init_sibling(f->c, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL),
+             *c = test_init_sibling(f->c, a, NULL);
     rs_uuid id = add(a, "export TOKEN=secret", 1000), hb, ha;
-    recs ra = {NULL, 0, 0}, rb = {NULL, 0, 0};
+    test_recs ra = {NULL, 0, 0}, rb = {NULL, 0, 0};
     one_entry o;
 
     add(a, "ls", 2000);
-    transfer(b, a);
+    test_transfer(b, a);
     OK(rs_history_delete(b, &id));
     /* c hears b's delete before a's create. */
     rs_store_host(&hb, b);
     rs_store_host(&ha, a);
-    OK(rs_store_range(b, &hb, RS_HISTORY_TAG, 0, 100, collect, &rb));
+    OK(rs_store_range(b, &hb, RS_HISTORY_TAG, 0, 100, test_collect, &rb));
     OK(rs_store_insert(NULL, c, rb.v, rb.n));
     o = entry_of(c, &id);
     assert_true(o.found);
     assert_true(o.deleted);
-    OK(rs_store_range(a, &ha, RS_HISTORY_TAG, 0, 100, collect, &ra));
+    OK(rs_store_range(a, &ha, RS_HISTORY_TAG, 0, 100, test_collect, &ra));
     OK(rs_store_insert(NULL, c, ra.v, ra.n));
-    transfer(a, b);
+    test_transfer(a, b);
     for (rs_store *s = a; s; s = s == a ? b : s == b ? c : NULL) {
         o = entry_of(s, &id);
         assert_true(o.found);
@@ -341,8 +243,8 @@ static void history_delete_wins_in_any_order(void **state)
         assert_int_equal(search(s, "secret").count, 0);
         assert_int_equal(search(s, "TOKEN").count, 0);
     }
-    recs_free(&ra);
-    recs_free(&rb);
+    test_recs_free(&ra);
+    test_recs_free(&rb);
     rs_store_free(a);
     rs_store_free(b);
     rs_store_free(c);
@@ -373,7 +275,7 @@ static rs_history_import_stats import(rs_store *store, rs_history_format format,
 static void history_import_zsh_extended_multiline_and_metafied(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     /* "caf\xc3\xa9": 0xa9 is not metafied; a byte 0x83 is written as 0x83 0xa3. */
     static const char zsh[] = ": 1700000000:3;make\n"
                               ": 1700000005:0;for i in 1 2; do\\\n"
@@ -400,14 +302,14 @@ static void history_import_zsh_extended_multiline_and_metafied(void **state)
                              "plain command|1700000009999|-1|-1;"
                              "for i in 1 2; do\n  echo $i\ndone|1700000005000|-1|0;"
                              "make|1700000000000|-1|3000;");
-    assert_int_equal(count_records(a, RS_HISTORY_TAG), 5);
+    assert_int_equal(test_count_records(a, RS_HISTORY_TAG), 5);
     rs_store_free(a);
 }
 
 static void history_import_bash_plain_and_dated(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_store(f->b);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_store(f->b, NULL);
     static const char plain[] = "ls\ncd /tmp\n\nls\n";
     static const char dated[] = "old undated\n"
                                 "#1700000100\n"
@@ -456,7 +358,7 @@ static void history_import_bash_plain_and_dated(void **state)
 static void history_import_is_idempotent_across_files_and_devices(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     static const char first[] = ": 1700000000:0;ls\n: 1700000000:0;ls\n: 1700000001:0;pwd\n";
     static const char longer[] = ": 1700000000:0;ls\n: 1700000000:0;ls\n: 1700000001:0;pwd\n"
                                  ": 1700000000:0;ls\n: 1700000002:0;date\n";
@@ -469,7 +371,7 @@ static void history_import_is_idempotent_across_files_and_devices(void **state)
     assert_int_equal(st.entries, 3);
     assert_int_equal(st.imported, 0);
     assert_int_equal(st.skipped, 3);
-    assert_int_equal(count_records(a, RS_HISTORY_TAG), 3);
+    assert_int_equal(test_count_records(a, RS_HISTORY_TAG), 3);
     write_file(f->file, longer, sizeof(longer) - 1);
     st = import(a, RS_HISTORY_ZSH, f->file);
     assert_int_equal(st.imported, 2);
@@ -479,8 +381,8 @@ static void history_import_is_idempotent_across_files_and_devices(void **state)
     /* b imports the same file, then both exchange: still five entries. */
     st = import(b, RS_HISTORY_ZSH, f->file);
     assert_int_equal(st.imported, 5);
-    transfer(a, b);
-    transfer(b, a);
+    test_transfer(a, b);
+    test_transfer(b, a);
     assert_int_equal(list(a, 0).count, 5);
     assert_int_equal(list(b, 0).count, 5);
     assert_int_equal(search(a, "date").count, 1);
@@ -495,7 +397,7 @@ static void history_import_is_idempotent_across_files_and_devices(void **state)
 static void history_import_names_a_missing_file(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     rs_history_import_stats st;
     assert_int_equal(rs_history_import(&st, a, RS_HISTORY_BASH, f->file), RS_ENOTFOUND);
     assert_true(test_contains(rs_error_last(), f->file));
@@ -507,7 +409,7 @@ static void history_import_names_a_missing_file(void **state)
 static void history_import_joins_the_callers_transaction(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     static const char zsh[] = ": 1700000000:0;one\n: 1700000001:0;two\n";
 
     write_file(f->file, zsh, sizeof(zsh) - 1);
@@ -515,7 +417,7 @@ static void history_import_joins_the_callers_transaction(void **state)
     assert_int_equal(import(a, RS_HISTORY_ZSH, f->file).imported, 2);
     rs_store_rollback(a);
     assert_int_equal(list(a, 0).count, 0);
-    assert_int_equal(count_records(a, NULL), 0);
+    assert_int_equal(test_count_records(a, NULL), 0);
     OK(rs_store_begin(a));
     import(a, RS_HISTORY_ZSH, f->file);
     OK(rs_store_commit(a));
@@ -527,11 +429,11 @@ static void history_import_joins_the_callers_transaction(void **state)
 static void history_two_creates_of_one_id_converge(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_history_entry e;
     rs_uuid id, ha, hb;
     one_entry oa, ob;
-    recs r = {NULL, 0, 0};
+    test_recs r = {NULL, 0, 0};
     bool b_wins;
 
     memset(&e, 0, sizeof(e));
@@ -542,21 +444,21 @@ static void history_two_creates_of_one_id_converge(void **state)
     OK(rs_history_add(&id, a, &e));
     e.hostname = "from-b";
     OK(rs_history_add(&id, b, &e));
-    transfer(a, b);
-    transfer(b, a);
+    test_transfer(a, b);
+    test_transfer(b, a);
     oa = entry_of(a, &id);
     ob = entry_of(b, &id);
     assert_string_equal(oa.hostname, ob.hostname);
     assert_int_equal(oa.hlc, ob.hlc);
     rs_store_host(&ha, a);
     rs_store_host(&hb, b);
-    OK(rs_store_range(a, &ha, RS_HISTORY_TAG, 0, 1, collect, &r));
-    OK(rs_store_range(b, &hb, RS_HISTORY_TAG, 0, 1, collect, &r));
+    OK(rs_store_range(a, &ha, RS_HISTORY_TAG, 0, 1, test_collect, &r));
+    OK(rs_store_range(b, &hb, RS_HISTORY_TAG, 0, 1, test_collect, &r));
     assert_int_equal(r.n, 2);
     b_wins = rs_hlc_cmp(r.v[1].hlc, &hb, r.v[0].hlc, &ha) > 0;
     assert_string_equal(oa.hostname, b_wins ? "from-b" : "from-a");
     assert_int_equal(oa.hlc, r.v[b_wins].hlc);
-    recs_free(&r);
+    test_recs_free(&r);
     assert_int_equal(search(a, "same command").count, 1);
     assert_int_equal(search(b, "same command").count, 1);
     rs_store_free(a);
@@ -579,7 +481,7 @@ static int dump_entry(const rs_history_entry *e, void *payload)
 static void history_rebuild_reproduces_state_and_index(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     rs_uuid ids[20];
     text_out before, after;
     char cmd[64];
@@ -602,7 +504,7 @@ static void history_rebuild_reproduces_state_and_index(void **state)
     rs_store_free(a);
 }
 
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
 
 int main(void)
 {

@@ -15,64 +15,12 @@
 #include "builtin.h"
 #include "testutil.h"
 
-typedef struct fixture {
-    char root[TEST_PATH_MAX];
-    char a[TEST_PATH_MAX + 8];
-    char b[TEST_PATH_MAX + 8];
-    char c[TEST_PATH_MAX + 8];
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    if (f == NULL || test_tempdir(f->root) < 0)
-        return -1;
-    snprintf(f->a, sizeof(f->a), "%s/a", f->root);
-    snprintf(f->b, sizeof(f->b), "%s/b", f->root);
-    snprintf(f->c, sizeof(f->c), "%s/c", f->root);
-    *state = f;
-    return 0;
-}
+typedef test_fixture fixture;
 
 static int teardown(void **state)
 {
-    fixture *f = *state;
     rs__kv_version = RS_KV_VERSION;
-    test_rmtree(f->root);
-    free(f);
-    return 0;
-}
-
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        int ok_err_ = (call);                                                                      \
-        if (ok_err_ != 0)                                                                          \
-            fail_msg("%s: %d %s", #call, ok_err_, rs_error_last());                                \
-    } while (0)
-
-static rs_store *init_store(const char *dir)
-{
-    rs_store *store = NULL;
-    OK(rs_store_init(&store, dir, NULL));
-    return store;
-}
-
-static rs_store *open_store(const char *dir)
-{
-    rs_store *store = NULL;
-    OK(rs_store_open(&store, dir, NULL));
-    return store;
-}
-
-/* Another device of the same user. */
-static rs_store *init_sibling(const char *dir, rs_store *like)
-{
-    rs_store *store = NULL;
-    char *text = NULL;
-    OK(rs_store_key_export(&text, like));
-    OK(rs_store_init_with_key(&store, dir, text, NULL));
-    rs_free(text);
-    return store;
+    return test_teardown(state);
 }
 
 /* A wall clock the test sets. */
@@ -89,46 +37,6 @@ static void use_clock(rs_store *store, fake_clock *clock)
 {
     store->clock.now_ms = fake_now;
     store->clock.now_ctx = clock;
-}
-
-/* Owned copies of records, as a page pulled from the server would be. */
-typedef struct recs {
-    rs_record *v;
-    size_t n;
-    size_t cap;
-} recs;
-
-static int collect(const rs_record *rec, void *payload)
-{
-    recs *r = payload;
-    uint8_t *data = malloc(rec->data_len);
-    if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 16;
-        r->v = realloc(r->v, r->cap * sizeof(*r->v));
-    }
-    assert_non_null(r->v);
-    assert_non_null(data);
-    memcpy(data, rec->data, rec->data_len);
-    r->v[r->n] = *rec;
-    r->v[r->n++].data = data;
-    return 0;
-}
-
-static void recs_free(recs *r)
-{
-    for (size_t i = 0; i < r->n; i++)
-        free((void *)r->v[i].data);
-    free(r->v);
-    memset(r, 0, sizeof(*r));
-}
-
-/* Inserts every record of `from` into `to`, shard by shard in idx order. */
-static void transfer(rs_store *to, rs_store *from)
-{
-    recs r = {NULL, 0, 0};
-    OK(rs_store_foreach(from, NULL, collect, &r));
-    OK(rs_store_insert(NULL, to, r.v, r.n));
-    recs_free(&r);
 }
 
 static char *get(rs_store *store, const char *ns, const char *key)
@@ -186,20 +94,10 @@ static row state_of(rs_store *store, const char *ns, const char *key)
     return r;
 }
 
-static uint64_t count_records(rs_store *store, const char *tag)
-{
-    recs r = {NULL, 0, 0};
-    uint64_t n;
-    OK(rs_store_foreach(store, tag, collect, &r));
-    n = r.n;
-    recs_free(&r);
-    return n;
-}
-
 static void kv_set_get_overwrite_and_missing(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     char *value = (char *)"untouched";
 
     OK(rs_kv_set(a, "ns", "k", "one"));
@@ -212,14 +110,14 @@ static void kv_set_get_overwrite_and_missing(void **state)
     assert_string_equal(value, "untouched");
     assert_true(test_contains(rs_error_last(), "missing"));
     assert_true(test_contains(rs_error_last(), "ns"));
-    assert_int_equal(count_records(a, RS_KV_TAG), 3);
+    assert_int_equal(test_count_records(a, RS_KV_TAG), 3);
     rs_store_free(a);
 }
 
 static void kv_del_leaves_a_tombstone_and_refuses_a_missing_key(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     row r;
 
     OK(rs_kv_set(a, "ns", "k", "v"));
@@ -232,7 +130,7 @@ static void kv_del_leaves_a_tombstone_and_refuses_a_missing_key(void **state)
     assert_int_equal(rs_kv_del(a, "ns", "never"), RS_ENOTFOUND);
     assert_true(test_contains(rs_error_last(), "never"));
     /* Refused deletes write nothing. */
-    assert_int_equal(count_records(a, RS_KV_TAG), 2);
+    assert_int_equal(test_count_records(a, RS_KV_TAG), 2);
     OK(rs_kv_set(a, "ns", "k", "back"));
     assert_value(a, "ns", "k", "back");
     rs_store_free(a);
@@ -262,7 +160,7 @@ static int stop_at_first(const char *ns, const char *key, const char *value, voi
 static void kv_list_orders_filters_and_skips_tombstones(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
     listing l;
     int calls = 0;
 
@@ -285,7 +183,7 @@ static void kv_list_orders_filters_and_skips_tombstones(void **state)
 static void kv_refuses_empty_names_and_bad_utf8(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
 
     assert_int_equal(rs_kv_set(a, "", "k", "v"), RS_EINVAL);
     assert_true(test_contains(rs_error_last(), "namespace"));
@@ -295,7 +193,7 @@ static void kv_refuses_empty_names_and_bad_utf8(void **state)
     assert_true(test_contains(rs_error_last(), "value is not valid UTF-8"));
     assert_int_equal(rs_kv_set(a, "ns", "\xc0\xaf", "v"), RS_EINVAL);
     assert_int_equal(rs_kv_set(a, "ns", "k", NULL), RS_EINVAL);
-    assert_int_equal(count_records(a, NULL), 0);
+    assert_int_equal(test_count_records(a, NULL), 0);
     OK(rs_kv_set(a, "ns", "k", "caf\xc3\xa9 \xf0\x9f\x98\x80"));
     assert_value(a, "ns", "k", "caf\xc3\xa9 \xf0\x9f\x98\x80");
     rs_store_free(a);
@@ -308,7 +206,8 @@ static void kv_refuses_empty_names_and_bad_utf8(void **state)
 static void kv_concurrent_sets_converge_on_the_higher_hlc(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a), *c = init_sibling(f->c, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL),
+             *c = test_init_sibling(f->c, a, NULL);
     fake_clock ca = {rs_now_ms()}, cb = {ca.now + 5};
     row r;
 
@@ -316,10 +215,10 @@ static void kv_concurrent_sets_converge_on_the_higher_hlc(void **state)
     use_clock(b, &cb);
     OK(rs_kv_set(b, "ns", "k", "from b, later"));
     OK(rs_kv_set(a, "ns", "k", "from a, earlier"));
-    transfer(a, b);
-    transfer(b, a);
-    transfer(c, b); /* c: b's record first, then a's */
-    transfer(c, a);
+    test_transfer(a, b);
+    test_transfer(b, a);
+    test_transfer(c, b); /* c: b's record first, then a's */
+    test_transfer(c, a);
     assert_value(a, "ns", "k", "from b, later");
     assert_value(b, "ns", "k", "from b, later");
     assert_value(c, "ns", "k", "from b, later");
@@ -334,7 +233,7 @@ static void kv_concurrent_sets_converge_on_the_higher_hlc(void **state)
 static void kv_same_millisecond_tie_goes_to_the_higher_host(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     fake_clock same = {rs_now_ms() + 10};
     rs_uuid ha, hb;
     row ra, rb;
@@ -347,8 +246,8 @@ static void kv_same_millisecond_tie_goes_to_the_higher_host(void **state)
     rs_store_host(&ha, a);
     rs_store_host(&hb, b);
     want = rs_uuid_cmp(&ha, &hb) > 0 ? "a" : "b";
-    transfer(a, b);
-    transfer(b, a);
+    test_transfer(a, b);
+    test_transfer(b, a);
     assert_value(a, "ns", "k", want);
     assert_value(b, "ns", "k", want);
     ra = state_of(a, "ns", "k");
@@ -368,37 +267,38 @@ static void kv_same_millisecond_tie_goes_to_the_higher_host(void **state)
 static void kv_delete_survives_a_late_older_set(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a), *c = init_sibling(f->c, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL),
+             *c = test_init_sibling(f->c, a, NULL);
     uint64_t t = rs_now_ms();
     fake_clock ca = {t + 10}, cc = {t};
-    recs late = {NULL, 0, 0};
+    test_recs late = {NULL, 0, 0};
     row r;
 
     use_clock(a, &ca);
     use_clock(c, &cc);
     OK(rs_kv_set(a, "ns", "k", "new"));
-    transfer(b, a);
+    test_transfer(b, a);
     assert_value(b, "ns", "k", "new");
     ca.now = t + 20;
     OK(rs_kv_del(a, "ns", "k"));
-    transfer(b, a);
+    test_transfer(b, a);
     assert_value(b, "ns", "k", NULL);
     cc.now = t + 5; /* c, behind, sets the key "before" the delete */
     OK(rs_kv_set(c, "ns", "k", "old"));
-    transfer(b, c);
+    test_transfer(b, c);
     assert_value(b, "ns", "k", NULL);
     r = state_of(b, "ns", "k");
     assert_true(r.deleted);
     assert_int_equal(RS_HLC_MS(r.hlc), t + 20);
-    transfer(a, c);
+    test_transfer(a, c);
     assert_value(a, "ns", "k", NULL);
     /* Once c's clock passes the delete, its set is newer and wins. */
     cc.now = t + 30;
     OK(rs_kv_set(c, "ns", "k", "newest"));
-    OK(rs_store_range(c, &c->host, RS_KV_TAG, 1, 2, collect, &late));
+    OK(rs_store_range(c, &c->host, RS_KV_TAG, 1, 2, test_collect, &late));
     OK(rs_store_insert(NULL, b, late.v, late.n));
     assert_value(b, "ns", "k", "newest");
-    recs_free(&late);
+    test_recs_free(&late);
     rs_store_free(a);
     rs_store_free(b);
     rs_store_free(c);
@@ -411,23 +311,23 @@ static void kv_delete_survives_a_late_older_set(void **state)
 static void kv_refused_batch_changes_no_state(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
-    recs r = {NULL, 0, 0};
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
+    test_recs r = {NULL, 0, 0};
     rs_record tmp;
 
     OK(rs_kv_set(a, "ns", "k1", "1"));
     OK(rs_kv_set(a, "ns", "k2", "2"));
     OK(rs_kv_set(a, "ns", "k3", "3"));
-    OK(rs_store_foreach(a, RS_KV_TAG, collect, &r));
+    OK(rs_store_foreach(a, RS_KV_TAG, test_collect, &r));
     assert_int_equal(r.n, 3);
     tmp = r.v[1]; /* k1 then k3: a hole at idx 1 */
     r.v[1] = r.v[2];
     r.v[2] = tmp;
     assert_int_equal(rs_store_insert(NULL, b, r.v, 2), RS_EHOLE);
     assert_value(b, "ns", "k1", NULL);
-    assert_int_equal(count_records(b, NULL), 0);
-    recs_free(&r);
-    transfer(b, a);
+    assert_int_equal(test_count_records(b, NULL), 0);
+    test_recs_free(&r);
+    test_transfer(b, a);
     assert_value(b, "ns", "k1", "1");
     assert_value(b, "ns", "k3", "3");
     rs_store_free(a);
@@ -438,13 +338,13 @@ static void kv_refused_batch_changes_no_state(void **state)
 static void kv_reads_do_not_replay_the_log(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a);
+    rs_store *a = test_init_store(f->a, NULL);
 
     OK(rs_kv_set(a, "ns", "k", "v"));
     OK(rs__exec(a, "DELETE FROM records WHERE tag = 'kv'", "emptying the log behind kv's back"));
     assert_value(a, "ns", "k", "v");
     rs_store_free(a);
-    a = open_store(f->a);
+    a = test_open_store(f->a, NULL);
     assert_value(a, "ns", "k", "v");
     rs_store_free(a);
 }
@@ -478,7 +378,7 @@ static uint64_t count_unapplied(rs_store *store)
 static void kv_malformed_payload_is_kept_and_named(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     warnings w;
     rs_record rec;
     char id[RS_UUID_STRLEN + 1];
@@ -491,12 +391,12 @@ static void kv_malformed_payload_is_kept_and_named(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         OK(rs_append(&rec, a, RS_KV_TAG, RS_KV_VERSION, bad[i], strlen(bad[i])));
     OK(rs_kv_set(a, "n", "k", "good"));
-    transfer(b, a);
+    test_transfer(b, a);
     assert_int_equal(w.count, 4);
     rs_uuid_format(id, &rec.id);
     assert_true(test_contains(w.last, id));
     assert_true(test_contains(w.last, "not applied"));
-    assert_int_equal(count_records(b, RS_KV_TAG), 5);
+    assert_int_equal(test_count_records(b, RS_KV_TAG), 5);
     assert_int_equal(count_unapplied(b), 4);
     assert_value(b, "n", "k", "good");
     rs_store_free(a);
@@ -507,7 +407,8 @@ static void kv_malformed_payload_is_kept_and_named(void **state)
 static void kv_unknown_tag_is_stored_not_applied(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a), *c = init_sibling(f->c, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL),
+             *c = test_init_sibling(f->c, a, NULL);
     rs_record rec, *got = NULL;
     uint8_t *plain = NULL;
     size_t len = 0;
@@ -516,8 +417,8 @@ static void kv_unknown_tag_is_stored_not_applied(void **state)
     memset(&w, 0, sizeof(w));
     rs_store_on_warning(b, on_warning, &w);
     OK(rs_append(&rec, a, "future.tag", 3, "{\"op\":\"set\"}", 12));
-    transfer(b, a);
-    transfer(c, b); /* b hands it on as any record */
+    test_transfer(b, a);
+    test_transfer(c, b); /* b hands it on as any record */
     OK(rs_store_get(&got, c, &rec.id));
     OK(rs_record_open(&plain, &len, c, got));
     assert_int_equal(len, 12);
@@ -540,7 +441,7 @@ static void kv_unknown_tag_is_stored_not_applied(void **state)
 static void kv_newer_version_is_kept_then_applied_after_upgrade(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     static const char v2[] = "{\"op\":\"set\",\"ns\":\"ns\",\"key\":\"k\",\"value\":\"from v2\","
                              "\"expires\":4102444800000}";
     warnings w;
@@ -555,7 +456,7 @@ static void kv_newer_version_is_kept_then_applied_after_upgrade(void **state)
     OK(rs_kv_set(b, "ns", "k", "from v1, older"));
     OK(rs_append(&rec, a, RS_KV_TAG, 2, v2, strlen(v2)));
     OK(rs_kv_set(a, "ns", "other", "v1"));
-    transfer(b, a);
+    test_transfer(b, a);
     rs_uuid_format(id, &rec.id);
     assert_int_equal(w.count, 1);
     assert_true(test_contains(w.last, id));
@@ -566,7 +467,7 @@ static void kv_newer_version_is_kept_then_applied_after_upgrade(void **state)
     rs_store_free(b);
 
     rs__kv_version = 2;
-    b = open_store(f->b);
+    b = test_open_store(f->b, NULL);
     assert_value(b, "ns", "k", "from v2");
     assert_value(b, "ns", "other", "v1");
     assert_int_equal(count_unapplied(b), 0);
@@ -624,7 +525,7 @@ static int count_notes(rs_store *store)
 static void app_tag_newer_version_is_applied_after_registering_the_upgrade(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     notes n1 = {0}, n2 = {0};
     rs_tag_def def = {"notes", 1, notes_setup, notes_apply, notes_reset, &n1, NULL};
     warnings w;
@@ -634,14 +535,14 @@ static void app_tag_newer_version_is_applied_after_registering_the_upgrade(void 
     rs_store_on_warning(b, on_warning, &w);
     OK(rs_append(NULL, a, "notes", 1, "first", 5));
     OK(rs_append(NULL, a, "notes", 2, "second, v2", 10));
-    transfer(b, a);
+    test_transfer(b, a);
     assert_int_equal(n1.applied, 1);
     assert_int_equal(count_notes(b), 1);
     assert_int_equal(w.count, 1);
     assert_true(test_contains(w.last, "version 2"));
     rs_store_free(b);
 
-    b = open_store(f->b);
+    b = test_open_store(f->b, NULL);
     def.version = 2;
     def.payload = &n2;
     OK(rs_store_register(b, &def));
@@ -666,7 +567,7 @@ static int dump_entry(const rs_kv_entry *e, void *payload)
 static void kv_rebuild_reproduces_the_state(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a), *b = init_sibling(f->b, a);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     char before[4096] = "", after[4096] = "";
     char key[16], value[16];
 
@@ -678,10 +579,10 @@ static void kv_rebuild_reproduces_the_state(void **state)
             continue;
         OK(rs_kv_set(s, "ns", key, value));
         if (i % 9 == 0)
-            transfer(b, a);
+            test_transfer(b, a);
     }
-    transfer(a, b);
-    transfer(b, a);
+    test_transfer(a, b);
+    test_transfer(b, a);
     OK(rs_kv_foreach(a, NULL, dump_entry, before));
     OK(rs_kv_foreach(b, NULL, dump_entry, after));
     assert_string_equal(before, after);
@@ -693,7 +594,7 @@ static void kv_rebuild_reproduces_the_state(void **state)
     rs_store_free(b);
 }
 
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, test_setup, teardown)
 
 int main(void)
 {

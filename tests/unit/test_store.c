@@ -18,107 +18,17 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-typedef struct fixture {
-    char root[TEST_PATH_MAX];
-    char a[TEST_PATH_MAX + 8]; /* a store */
-    char b[TEST_PATH_MAX + 8]; /* another device of the same user (same key) */
-    char c[TEST_PATH_MAX + 8]; /* a device of another user (another key) */
-} fixture;
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    if (f == NULL || test_tempdir(f->root) < 0)
-        return -1;
-    snprintf(f->a, sizeof(f->a), "%s/a", f->root);
-    snprintf(f->b, sizeof(f->b), "%s/b", f->root);
-    snprintf(f->c, sizeof(f->c), "%s/c", f->root);
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    test_rmtree(f->root);
-    free(f);
-    return 0;
-}
-
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        int ok_err_ = (call);                                                                      \
-        if (ok_err_ != 0)                                                                          \
-            fail_msg("%s: %d %s", #call, ok_err_, rs_error_last());                                \
-    } while (0)
-
-static rs_store *init_store(const char *dir, const rs_store_opts *opts)
-{
-    rs_store *store = NULL;
-    OK(rs_store_init(&store, dir, opts));
-    return store;
-}
-
-static rs_store *open_store(const char *dir, const rs_store_opts *opts)
-{
-    rs_store *store = NULL;
-    OK(rs_store_open(&store, dir, opts));
-    return store;
-}
-
-/* A second device of the same user: a store in `dir` under `like`'s key. */
-static rs_store *init_sibling(const char *dir, rs_store *like, const rs_store_opts *opts)
-{
-    rs_store *store = NULL;
-    char *text = NULL;
-    OK(rs_store_key_export(&text, like));
-    OK(rs_store_init_with_key(&store, dir, text, opts));
-    rs_free(text);
-    return store;
-}
+typedef test_fixture fixture;
 
 static void append_text(rs_record *out, rs_store *store, const char *tag, const char *text)
 {
     OK(rs_append(out, store, tag, 1, text, strlen(text)));
 }
 
-/* Records copied out of a walk, owning their data. */
-typedef struct rec_list {
-    rs_record *recs;
-    size_t count;
-    size_t cap;
-} rec_list;
-
-static int collect(const rs_record *rec, void *payload)
-{
-    rec_list *l = payload;
-    uint8_t *data;
-    if (l->count == l->cap) {
-        l->cap = l->cap ? l->cap * 2 : 16;
-        l->recs = realloc(l->recs, l->cap * sizeof(*l->recs));
-        assert_non_null(l->recs);
-    }
-    data = malloc(rec->data_len ? rec->data_len : 1);
-    assert_non_null(data);
-    memcpy(data, rec->data, rec->data_len);
-    l->recs[l->count] = *rec;
-    l->recs[l->count].data = data;
-    l->count++;
-    return 0;
-}
-
-static void rec_list_free(rec_list *l)
-{
-    for (size_t i = 0; i < l->count; i++)
-        free((void *)l->recs[i].data);
-    free(l->recs);
-    memset(l, 0, sizeof(*l));
-}
-
-static void shard_records(rec_list *out, rs_store *store, const rs_uuid *host, const char *tag)
+static void shard_records(test_recs *out, rs_store *store, const rs_uuid *host, const char *tag)
 {
     memset(out, 0, sizeof(*out));
-    OK(rs_store_range(store, host, tag, 0, UINT64_MAX, collect, out));
+    OK(rs_store_range(store, host, tag, 0, UINT64_MAX, test_collect, out));
 }
 
 /* The [start, end) of shard (host, tag) in the store's index; end 0 if absent. */
@@ -133,19 +43,6 @@ static uint64_t shard_end(rs_store *store, const rs_uuid *host, const char *tag)
             end = index->shards[i].end;
     rs_index_free(index);
     return end;
-}
-
-static uint64_t record_count(rs_store *store)
-{
-    sqlite3_stmt *st = NULL;
-    uint64_t n;
-    assert_int_equal(
-        sqlite3_prepare_v2(rs_store_db(store), "SELECT count(*) FROM records", -1, &st, NULL),
-        SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    n = (uint64_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
 }
 
 static void expect_payload(rs_store *store, const rs_record *rec, const char *text)
@@ -192,7 +89,7 @@ static void craft(rs_record *out, uint8_t **buf, rs_store *sealer, const rs_uuid
 static void store_init_twice_refuses_and_keeps_the_first_key(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL), *again = NULL;
+    rs_store *store = test_init_store(f->a, NULL), *again = NULL;
     char *first = NULL, *after = NULL, keypath[TEST_PATH_MAX + 16];
     rs_uuid host, host_after;
     struct stat st;
@@ -209,7 +106,7 @@ static void store_init_twice_refuses_and_keeps_the_first_key(void **state)
     assert_int_equal(rs_store_init_with_key(&again, f->a, first, NULL), RS_EEXISTS);
     assert_null(again);
 
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     OK(rs_store_key_export(&after, store));
     assert_string_equal(after, first);
     rs_store_host(&host_after, store);
@@ -239,7 +136,7 @@ static void store_open_of_a_directory_without_a_store_is_enotfound(void **state)
 static void store_hosts_of_two_inits_differ(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid ha, hb;
     char ka[RS_KEY_ID_STRLEN + 1], kb[RS_KEY_ID_STRLEN + 1];
     rs_store_host(&ha, a);
@@ -256,10 +153,10 @@ static void store_hosts_of_two_inits_differ(void **state)
 static void store_reopens_with_its_data(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     const char *texts[] = {"one", "two", "", "four with more bytes"};
     rs_record recs[4], next;
-    rec_list l;
+    test_recs l;
     rs_uuid host;
 
     for (size_t i = 0; i < 4; i++)
@@ -267,30 +164,30 @@ static void store_reopens_with_its_data(void **state)
     rs_store_host(&host, store);
     rs_store_free(store);
 
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     assert_int_equal(shard_end(store, &host, "notes"), 4);
     shard_records(&l, store, &host, "notes");
-    assert_int_equal(l.count, 4);
+    assert_int_equal(l.n, 4);
     for (size_t i = 0; i < 4; i++) {
-        assert_memory_equal(l.recs[i].id.bytes, recs[i].id.bytes, 16);
-        assert_int_equal(l.recs[i].idx, i);
-        assert_int_equal(l.recs[i].hlc, recs[i].hlc);
-        assert_int_equal(rs_record_payload_size(&l.recs[i]), strlen(texts[i]));
-        expect_payload(store, &l.recs[i], texts[i]);
+        assert_memory_equal(l.v[i].id.bytes, recs[i].id.bytes, 16);
+        assert_int_equal(l.v[i].idx, i);
+        assert_int_equal(l.v[i].hlc, recs[i].hlc);
+        assert_int_equal(rs_record_payload_size(&l.v[i]), strlen(texts[i]));
+        expect_payload(store, &l.v[i], texts[i]);
     }
     /* Appending after reopening continues the shard and the clock. */
     append_text(&next, store, "notes", "five");
     assert_int_equal(next.idx, 4);
     assert_true(next.hlc > recs[3].hlc);
     expect_verifies(store);
-    rec_list_free(&l);
+    test_recs_free(&l);
     rs_store_free(store);
 }
 
 static void append_takes_the_next_idx_of_its_shard(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record rec;
     rs_record *got = NULL;
     rs_uuid host;
@@ -326,7 +223,7 @@ static void append_takes_the_next_idx_of_its_shard(void **state)
 static void store_get_of_an_unknown_id_is_enotfound_naming_it(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record *got = NULL;
     rs_uuid id;
     char text[RS_UUID_STRLEN + 1];
@@ -349,23 +246,23 @@ static int stop_at_third(const rs_record *rec, void *payload)
 static void range_reads_a_page_in_idx_order_and_stops_when_asked(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record rec;
     rs_uuid host;
-    rec_list l;
+    test_recs l;
     int seen = 0;
 
     for (int i = 0; i < 10; i++)
         append_text(&rec, store, "things", "v");
     rs_store_host(&host, store);
     memset(&l, 0, sizeof(l));
-    OK(rs_store_range(store, &host, "things", 3, 7, collect, &l));
-    assert_int_equal(l.count, 4);
-    for (size_t i = 0; i < l.count; i++)
-        assert_int_equal(l.recs[i].idx, 3 + i);
-    rec_list_free(&l);
-    OK(rs_store_range(store, &host, "nope", 0, 10, collect, &l));
-    assert_int_equal(l.count, 0);
+    OK(rs_store_range(store, &host, "things", 3, 7, test_collect, &l));
+    assert_int_equal(l.n, 4);
+    for (size_t i = 0; i < l.n; i++)
+        assert_int_equal(l.v[i].idx, 3 + i);
+    test_recs_free(&l);
+    OK(rs_store_range(store, &host, "nope", 0, 10, test_collect, &l));
+    assert_int_equal(l.n, 0);
     assert_int_equal(rs_store_range(store, &host, "things", 0, 10, stop_at_third, &seen), 77);
     assert_int_equal(seen, 3);
     rs_store_free(store);
@@ -374,9 +271,9 @@ static void range_reads_a_page_in_idx_order_and_stops_when_asked(void **state)
 static void insert_accepts_another_devices_records_in_order(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid hb;
-    rec_list l, got;
+    test_recs l, got;
     rs_record rec;
     size_t inserted = 99;
 
@@ -387,24 +284,24 @@ static void insert_accepts_another_devices_records_in_order(void **state)
     }
     rs_store_host(&hb, b);
     shard_records(&l, b, &hb, "things");
-    OK(rs_store_insert(&inserted, a, l.recs, l.count));
+    OK(rs_store_insert(&inserted, a, l.v, l.n));
     assert_int_equal(inserted, 5);
     assert_int_equal(shard_end(a, &hb, "things"), 5);
     shard_records(&got, a, &hb, "things");
-    assert_int_equal(got.count, 5);
+    assert_int_equal(got.n, 5);
     for (size_t i = 0; i < 5; i++) {
         char text[16];
         snprintf(text, sizeof(text), "b%zu", i);
-        assert_memory_equal(got.recs[i].id.bytes, l.recs[i].id.bytes, 16);
-        assert_int_equal(got.recs[i].hlc, l.recs[i].hlc);
-        expect_payload(a, &got.recs[i], text);
+        assert_memory_equal(got.v[i].id.bytes, l.v[i].id.bytes, 16);
+        assert_int_equal(got.v[i].hlc, l.v[i].hlc);
+        expect_payload(a, &got.v[i], text);
     }
     /* The receiver's clock moved past what it received. */
     append_text(&rec, a, "things", "after");
-    assert_true(rec.hlc > l.recs[4].hlc);
+    assert_true(rec.hlc > l.v[4].hlc);
     expect_verifies(a);
-    rec_list_free(&l);
-    rec_list_free(&got);
+    test_recs_free(&l);
+    test_recs_free(&got);
     rs_store_free(a);
     rs_store_free(b);
 }
@@ -412,10 +309,10 @@ static void insert_accepts_another_devices_records_in_order(void **state)
 static void insert_accepts_a_batch_that_interleaves_shards_and_devices(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL),
-             *c = init_sibling(f->c, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL),
+             *c = test_init_sibling(f->c, a, NULL);
     rs_uuid hb, hc;
-    rec_list bt, bn, ct;
+    test_recs bt, bn, ct;
     rs_record rec, batch[8];
     size_t inserted = 0;
 
@@ -429,14 +326,14 @@ static void insert_accepts_a_batch_that_interleaves_shards_and_devices(void **st
     shard_records(&bt, b, &hb, "things");
     shard_records(&bn, b, &hb, "notes");
     shard_records(&ct, c, &hc, "things");
-    batch[0] = bt.recs[0];
-    batch[1] = bn.recs[0];
-    batch[2] = ct.recs[0];
-    batch[3] = bt.recs[1];
-    batch[4] = ct.recs[1];
-    batch[5] = bn.recs[1];
-    batch[6] = bt.recs[0]; /* already in: skipped */
-    batch[7] = ct.recs[1];
+    batch[0] = bt.v[0];
+    batch[1] = bn.v[0];
+    batch[2] = ct.v[0];
+    batch[3] = bt.v[1];
+    batch[4] = ct.v[1];
+    batch[5] = bn.v[1];
+    batch[6] = bt.v[0]; /* already in: skipped */
+    batch[7] = ct.v[1];
     OK(rs_store_insert(&inserted, a, batch, 8));
     assert_int_equal(inserted, 6);
     assert_int_equal(shard_end(a, &hb, "things"), 2);
@@ -445,9 +342,9 @@ static void insert_accepts_a_batch_that_interleaves_shards_and_devices(void **st
     expect_verifies(a);
     OK(rs_store_insert(&inserted, a, NULL, 0));
     assert_int_equal(inserted, 0);
-    rec_list_free(&bt);
-    rec_list_free(&bn);
-    rec_list_free(&ct);
+    test_recs_free(&bt);
+    test_recs_free(&bn);
+    test_recs_free(&ct);
     rs_store_free(a);
     rs_store_free(b);
     rs_store_free(c);
@@ -456,7 +353,7 @@ static void insert_accepts_a_batch_that_interleaves_shards_and_devices(void **st
 static void append_of_an_empty_payload_opens_to_nothing(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record rec;
     rs_record *got = NULL;
     uint8_t *plain = NULL;
@@ -477,9 +374,9 @@ static void append_of_an_empty_payload_opens_to_nothing(void **state)
 static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid hb;
-    rec_list kv, notes;
+    test_recs kv, notes;
     rs_record rec, batch[3];
     char shard[RS_UUID_STRLEN + 1];
 
@@ -491,37 +388,37 @@ static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
     rs_uuid_format(shard, &hb);
     shard_records(&kv, b, &hb, "things");
     shard_records(&notes, b, &hb, "notes");
-    OK(rs_store_insert(NULL, a, kv.recs, 2));
+    OK(rs_store_insert(NULL, a, kv.v, 2));
 
     /* 2, 3, then 5: idx 4 is missing. */
-    batch[0] = kv.recs[2];
-    batch[1] = kv.recs[3];
-    batch[2] = kv.recs[5];
+    batch[0] = kv.v[2];
+    batch[1] = kv.v[3];
+    batch[2] = kv.v[5];
     rs_error_clear();
     assert_int_equal(rs_store_insert(NULL, a, batch, 3), RS_EHOLE);
     assert_non_null(strstr(rs_error_last(), shard));
     assert_non_null(strstr(rs_error_last(), "expected idx 4"));
     assert_int_equal(shard_end(a, &hb, "things"), 2);
-    assert_int_equal(record_count(a), 2);
+    assert_int_equal(test_record_rows(a), 2);
 
     /* A good run of one shard, then a hole in another: the good run goes too. */
-    batch[0] = notes.recs[0];
-    batch[1] = notes.recs[1];
-    batch[2] = kv.recs[3];
+    batch[0] = notes.v[0];
+    batch[1] = notes.v[1];
+    batch[2] = kv.v[3];
     assert_int_equal(rs_store_insert(NULL, a, batch, 3), RS_EHOLE);
     assert_int_equal(shard_end(a, &hb, "notes"), 0);
-    assert_int_equal(record_count(a), 2);
+    assert_int_equal(test_record_rows(a), 2);
     /* A first record that does not start the shard. */
-    assert_int_equal(rs_store_insert(NULL, a, &notes.recs[1], 1), RS_EHOLE);
-    assert_int_equal(record_count(a), 2);
+    assert_int_equal(rs_store_insert(NULL, a, &notes.v[1], 1), RS_EHOLE);
+    assert_int_equal(test_record_rows(a), 2);
     expect_verifies(a);
 
     /* Then in order, it goes in. */
-    OK(rs_store_insert(NULL, a, kv.recs + 2, 4));
+    OK(rs_store_insert(NULL, a, kv.v + 2, 4));
     assert_int_equal(shard_end(a, &hb, "things"), 6);
     expect_verifies(a);
-    rec_list_free(&kv);
-    rec_list_free(&notes);
+    test_recs_free(&kv);
+    test_recs_free(&notes);
     rs_store_free(a);
     rs_store_free(b);
 }
@@ -529,9 +426,9 @@ static void insert_refuses_a_hole_and_keeps_nothing_of_the_batch(void **state)
 static void insert_skips_an_identical_record_at_a_taken_idx(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid hb;
-    rec_list l;
+    test_recs l;
     rs_record rec;
     size_t inserted = 99;
 
@@ -539,16 +436,16 @@ static void insert_skips_an_identical_record_at_a_taken_idx(void **state)
         append_text(&rec, b, "things", "same");
     rs_store_host(&hb, b);
     shard_records(&l, b, &hb, "things");
-    OK(rs_store_insert(&inserted, a, l.recs, 3));
+    OK(rs_store_insert(&inserted, a, l.v, 3));
     assert_int_equal(inserted, 3);
-    OK(rs_store_insert(&inserted, a, l.recs, 5));
+    OK(rs_store_insert(&inserted, a, l.v, 5));
     assert_int_equal(inserted, 2);
-    OK(rs_store_insert(&inserted, a, l.recs, 5));
+    OK(rs_store_insert(&inserted, a, l.v, 5));
     assert_int_equal(inserted, 0);
     assert_int_equal(shard_end(a, &hb, "things"), 5);
-    assert_int_equal(record_count(a), 5);
+    assert_int_equal(test_record_rows(a), 5);
     expect_verifies(a);
-    rec_list_free(&l);
+    test_recs_free(&l);
     rs_store_free(a);
     rs_store_free(b);
 }
@@ -556,9 +453,9 @@ static void insert_skips_an_identical_record_at_a_taken_idx(void **state)
 static void insert_refuses_a_different_record_at_a_taken_idx(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid hb;
-    rec_list l, got;
+    test_recs l, got;
     rs_record rec, other, batch[2];
     uint8_t *buf = NULL, *resealed = NULL;
     char shard[RS_UUID_STRLEN + 1];
@@ -569,41 +466,41 @@ static void insert_refuses_a_different_record_at_a_taken_idx(void **state)
     rs_store_host(&hb, b);
     rs_uuid_format(shard, &hb);
     shard_records(&l, b, &hb, "things");
-    OK(rs_store_insert(NULL, a, l.recs, 3));
+    OK(rs_store_insert(NULL, a, l.v, 3));
 
     /* A new record claiming idx 1 (a device whose store was lost, say). */
-    craft(&other, &buf, b, &hb, "things", 1, l.recs[1].hlc + 5, "impostor");
+    craft(&other, &buf, b, &hb, "things", 1, l.v[1].hlc + 5, "impostor");
     rs_error_clear();
     assert_int_equal(rs_store_insert(&inserted, a, &other, 1), RS_ECONFLICT);
     assert_non_null(strstr(rs_error_last(), shard));
     assert_non_null(strstr(rs_error_last(), "idx 1"));
 
     /* The same header sealed again: same id, different bytes. */
-    resealed = malloc(l.recs[2].data_len);
+    resealed = malloc(l.v[2].data_len);
     assert_non_null(resealed);
-    other = l.recs[2];
+    other = l.v[2];
     OK(rs__seal(resealed, b->key, &other, (const uint8_t *)"original", 8));
     other.data = resealed;
     assert_int_equal(rs_store_insert(NULL, a, &other, 1), RS_ECONFLICT);
 
     /* In a batch whose other records are new, nothing is kept. */
     append_text(&rec, b, "things", "fourth");
-    rec_list_free(&l);
+    test_recs_free(&l);
     shard_records(&l, b, &hb, "things");
-    batch[0] = l.recs[3];
+    batch[0] = l.v[3];
     batch[1] = other;
     assert_int_equal(rs_store_insert(NULL, a, batch, 2), RS_ECONFLICT);
     assert_int_equal(shard_end(a, &hb, "things"), 3);
 
     shard_records(&got, a, &hb, "things");
-    assert_int_equal(got.count, 3);
-    assert_memory_equal(got.recs[1].id.bytes, l.recs[1].id.bytes, 16);
-    expect_payload(a, &got.recs[1], "original");
+    assert_int_equal(got.n, 3);
+    assert_memory_equal(got.v[1].id.bytes, l.v[1].id.bytes, 16);
+    expect_payload(a, &got.v[1], "original");
     expect_verifies(a);
     free(buf);
     free(resealed);
-    rec_list_free(&l);
-    rec_list_free(&got);
+    test_recs_free(&l);
+    test_recs_free(&got);
     rs_store_free(a);
     rs_store_free(b);
 }
@@ -611,9 +508,9 @@ static void insert_refuses_a_different_record_at_a_taken_idx(void **state)
 static void insert_refuses_a_record_under_another_key_naming_both_keys(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *c = init_store(f->c, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *c = test_init_store(f->c, NULL);
     rs_uuid hc;
-    rec_list l;
+    test_recs l;
     rs_record rec;
     char ka[RS_KEY_ID_STRLEN + 1], kc[RS_KEY_ID_STRLEN + 1], id[RS_UUID_STRLEN + 1];
 
@@ -622,14 +519,14 @@ static void insert_refuses_a_record_under_another_key_naming_both_keys(void **st
     shard_records(&l, c, &hc, "things");
     rs_store_key_id(ka, a);
     rs_store_key_id(kc, c);
-    rs_uuid_format(id, &l.recs[0].id);
+    rs_uuid_format(id, &l.v[0].id);
     rs_error_clear();
-    assert_int_equal(rs_store_insert(NULL, a, l.recs, 1), RS_EKEY);
+    assert_int_equal(rs_store_insert(NULL, a, l.v, 1), RS_EKEY);
     assert_non_null(strstr(rs_error_last(), ka));
     assert_non_null(strstr(rs_error_last(), kc));
     assert_non_null(strstr(rs_error_last(), id));
-    assert_int_equal(record_count(a), 0);
-    rec_list_free(&l);
+    assert_int_equal(test_record_rows(a), 0);
+    test_recs_free(&l);
     rs_store_free(a);
     rs_store_free(c);
 }
@@ -637,9 +534,9 @@ static void insert_refuses_a_record_under_another_key_naming_both_keys(void **st
 static void insert_refuses_a_tampered_record_naming_it(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid hb;
-    rec_list l;
+    test_recs l;
     rs_record rec;
     char id[RS_UUID_STRLEN + 1];
 
@@ -647,18 +544,18 @@ static void insert_refuses_a_tampered_record_naming_it(void **state)
     append_text(&rec, b, "things", "payload two");
     rs_store_host(&hb, b);
     shard_records(&l, b, &hb, "things");
-    ((uint8_t *)l.recs[1].data)[l.recs[1].data_len - 3] ^= 0x20;
-    rs_uuid_format(id, &l.recs[1].id);
+    ((uint8_t *)l.v[1].data)[l.v[1].data_len - 3] ^= 0x20;
+    rs_uuid_format(id, &l.v[1].id);
     rs_error_clear();
-    assert_int_equal(rs_store_insert(NULL, a, l.recs, 2), RS_ECRYPTO);
+    assert_int_equal(rs_store_insert(NULL, a, l.v, 2), RS_ECRYPTO);
     assert_non_null(strstr(rs_error_last(), id));
-    assert_int_equal(record_count(a), 0);
+    assert_int_equal(test_record_rows(a), 0);
     /* A moved record (header changed by the server) is caught the same way. */
-    ((uint8_t *)l.recs[1].data)[l.recs[1].data_len - 3] ^= 0x20;
-    l.recs[1].hlc++;
-    assert_int_equal(rs_store_insert(NULL, a, l.recs, 2), RS_ECRYPTO);
-    assert_int_equal(record_count(a), 0);
-    rec_list_free(&l);
+    ((uint8_t *)l.v[1].data)[l.v[1].data_len - 3] ^= 0x20;
+    l.v[1].hlc++;
+    assert_int_equal(rs_store_insert(NULL, a, l.v, 2), RS_ECRYPTO);
+    assert_int_equal(test_record_rows(a), 0);
+    test_recs_free(&l);
     rs_store_free(a);
     rs_store_free(b);
 }
@@ -666,7 +563,7 @@ static void insert_refuses_a_tampered_record_naming_it(void **state)
 static void insert_refuses_a_clock_beyond_the_drift_bound_naming_the_device(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *b = init_sibling(f->b, a, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     rs_uuid hb;
     rs_record far, near, rec;
     uint8_t *far_buf = NULL, *near_buf = NULL;
@@ -682,7 +579,7 @@ static void insert_refuses_a_clock_beyond_the_drift_bound_naming_the_device(void
     assert_int_equal(rs_store_insert(NULL, a, &far, 1), RS_ECLOCK);
     assert_non_null(strstr(rs_error_last(), host));
     assert_int_equal(a->clock.last, before);
-    assert_int_equal(record_count(a), 0);
+    assert_int_equal(test_record_rows(a), 0);
 
     /* A minute ahead is within the bound, and later writes order after it. */
     craft(&near, &near_buf, b, &hb, "things", 0, RS_HLC_MAKE(now + 60 * 1000, 0), "a bit fast");
@@ -691,7 +588,7 @@ static void insert_refuses_a_clock_beyond_the_drift_bound_naming_the_device(void
     assert_true(rec.hlc > near.hlc);
     /* Also after reopening: the clock was saved with the insert. */
     rs_store_free(a);
-    a = open_store(f->a, NULL);
+    a = test_open_store(f->a, NULL);
     append_text(&rec, a, "things", "mine again");
     assert_true(rec.hlc > near.hlc);
     free(far_buf);
@@ -704,22 +601,22 @@ static void append_refuses_a_payload_beyond_the_bound_at_write(void **state)
 {
     fixture *f = *state;
     rs_store_opts small = {.max_payload = 1000};
-    rs_store *a = init_store(f->a, &small), *b = NULL;
+    rs_store *a = test_init_store(f->a, &small), *b = NULL;
     uint8_t *big = calloc(1, RS_DEFAULT_MAX_PAYLOAD + 1);
     rs_record rec;
     rs_uuid hb;
-    rec_list l;
+    test_recs l;
 
     assert_non_null(big);
     rs_error_clear();
     assert_int_equal(rs_append(&rec, a, "things", 1, big, 1001), RS_ETOOBIG);
     assert_non_null(strstr(rs_error_last(), "1001"));
-    assert_int_equal(record_count(a), 0);
+    assert_int_equal(test_record_rows(a), 0);
     OK(rs_append(&rec, a, "things", 1, big, 1000));
     assert_int_equal(rec.idx, 0);
 
     /* The default bound is 1 MiB. */
-    b = init_sibling(f->b, a, NULL);
+    b = test_init_sibling(f->b, a, NULL);
     assert_int_equal(rs_append(&rec, b, "things", 1, big, RS_DEFAULT_MAX_PAYLOAD + 1), RS_ETOOBIG);
     OK(rs_append(&rec, b, "things", 1, big, 2000));
     assert_int_equal(rec.idx, 0);
@@ -728,9 +625,9 @@ static void append_refuses_a_payload_beyond_the_bound_at_write(void **state)
     rs_store_host(&hb, b);
     shard_records(&l, b, &hb, "things");
     rs_error_clear();
-    assert_int_equal(rs_store_insert(NULL, a, l.recs, 1), RS_ETOOBIG);
-    assert_int_equal(record_count(a), 1);
-    rec_list_free(&l);
+    assert_int_equal(rs_store_insert(NULL, a, l.v, 1), RS_ETOOBIG);
+    assert_int_equal(test_record_rows(a), 1);
+    test_recs_free(&l);
     free(big);
     rs_store_free(a);
     rs_store_free(b);
@@ -739,10 +636,10 @@ static void append_refuses_a_payload_beyond_the_bound_at_write(void **state)
 static void explicit_transaction_commits_many_appends_at_once(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL), *other = NULL;
+    rs_store *store = test_init_store(f->a, NULL), *other = NULL;
     rs_record rec;
     rs_uuid host;
-    rec_list l;
+    test_recs l;
 
     rs_store_host(&host, store);
     OK(rs_store_begin(store));
@@ -754,18 +651,18 @@ static void explicit_transaction_commits_many_appends_at_once(void **state)
         assert_int_equal(rec.idx, (uint64_t)i);
     }
     /* Another handle sees nothing until the commit. */
-    other = open_store(f->a, NULL);
+    other = test_open_store(f->a, NULL);
     assert_int_equal(shard_end(other, &host, "bulk"), 0);
     OK(rs_store_commit(store));
     assert_int_equal(rs_store_commit(store), RS_EINVAL);
     assert_int_equal(shard_end(other, &host, "bulk"), 3000);
     shard_records(&l, other, &host, "bulk");
-    assert_int_equal(l.count, 3000);
-    expect_payload(other, &l.recs[2999], "line 2999");
-    for (size_t i = 1; i < l.count; i++)
-        assert_true(l.recs[i].hlc > l.recs[i - 1].hlc);
+    assert_int_equal(l.n, 3000);
+    expect_payload(other, &l.v[2999], "line 2999");
+    for (size_t i = 1; i < l.n; i++)
+        assert_true(l.v[i].hlc > l.v[i - 1].hlc);
     expect_verifies(other);
-    rec_list_free(&l);
+    test_recs_free(&l);
     rs_store_free(other);
     rs_store_free(store);
 }
@@ -773,7 +670,7 @@ static void explicit_transaction_commits_many_appends_at_once(void **state)
 static void explicit_transaction_rolled_back_keeps_nothing(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record rec, last;
     rs_uuid host;
 
@@ -785,7 +682,7 @@ static void explicit_transaction_rolled_back_keeps_nothing(void **state)
     rs_store_rollback(store);
     rs_store_rollback(store); /* no transaction: nothing happens */
     assert_int_equal(shard_end(store, &host, "bulk"), 1);
-    assert_int_equal(record_count(store), 1);
+    assert_int_equal(test_record_rows(store), 1);
     append_text(&rec, store, "bulk", "next");
     assert_int_equal(rec.idx, 1);
     assert_true(rec.hlc > last.hlc);
@@ -794,7 +691,7 @@ static void explicit_transaction_rolled_back_keeps_nothing(void **state)
     OK(rs_store_begin(store));
     append_text(&rec, store, "bulk", "lost");
     rs_store_free(store);
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     assert_int_equal(shard_end(store, &host, "bulk"), 2);
     rs_store_free(store);
 }
@@ -818,7 +715,7 @@ static int temp_store_setting(rs_store *store)
 static void explicit_transaction_journals_in_memory_only_while_open(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record rec;
 
     assert_int_equal(temp_store_setting(store), 0);
@@ -888,7 +785,7 @@ static const char *picky_rows(rs_store *store, char *out, size_t size)
 static void failing_append_inside_a_transaction_leaves_prior_appends_intact(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_tag_def def = {
         .tag = "picky",
         .version = 1,
@@ -898,7 +795,7 @@ static void failing_append_inside_a_transaction_leaves_prior_appends_intact(void
     };
     rs_record rec;
     rs_uuid host;
-    rec_list l;
+    test_recs l;
     char rows[256];
 
     OK(rs_store_register(store, &def));
@@ -914,17 +811,17 @@ static void failing_append_inside_a_transaction_leaves_prior_appends_intact(void
     OK(rs_store_commit(store));
 
     shard_records(&l, store, &host, "picky");
-    assert_int_equal(l.count, 3);
-    expect_payload(store, &l.recs[0], "a");
-    expect_payload(store, &l.recs[1], "b");
-    expect_payload(store, &l.recs[2], "c");
+    assert_int_equal(l.n, 3);
+    expect_payload(store, &l.v[0], "a");
+    expect_payload(store, &l.v[1], "b");
+    expect_payload(store, &l.v[2], "c");
     assert_string_equal(picky_rows(store, rows, sizeof(rows)), "a,b,c,");
     expect_verifies(store);
     /* Outside a transaction a failing append leaves nothing either. */
     assert_int_equal(rs_append(&rec, store, "picky", 1, "bad", 3), RS_EINVAL);
     assert_int_equal(shard_end(store, &host, "picky"), 3);
     assert_string_equal(picky_rows(store, rows, sizeof(rows)), "a,b,c,");
-    rec_list_free(&l);
+    test_recs_free(&l);
     rs_store_free(store);
 }
 
@@ -943,7 +840,7 @@ static void on_warning(const char *message, void *payload)
 static void register_applies_records_and_keeps_newer_versions_for_rebuild(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_tag_def def = {
         .tag = "picky",
         .version = 1,
@@ -972,13 +869,13 @@ static void register_applies_records_and_keeps_newer_versions_for_rebuild(void *
     rs_store_free(store);
 
     /* The same build again: nothing is rebuilt, nothing applied twice. */
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     OK(rs_store_register(store, &def));
     assert_string_equal(picky_rows(store, rows, sizeof(rows)), "early,old,");
     rs_store_free(store);
 
     /* A build that understands version 2 applies it when it registers. */
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     def.version = 2;
     OK(rs_store_register(store, &def));
     assert_string_equal(picky_rows(store, rows, sizeof(rows)), "early,old,new,");
@@ -1044,7 +941,7 @@ static void flip_stored_byte(const char *dir, const rs_uuid *id, size_t at)
 static void verify_finds_a_flipped_byte_naming_the_record(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record recs[10];
     rs_verify_report report;
     char id[RS_UUID_STRLEN + 1];
@@ -1078,7 +975,7 @@ static void verify_finds_a_flipped_byte_naming_the_record(void **state)
 static void verify_finds_a_missing_record_and_a_moved_one(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     rs_record recs[6];
     rs_verify_report report;
     rs_uuid host;
@@ -1098,7 +995,7 @@ static void verify_finds_a_missing_record_and_a_moved_one(void **state)
 
     rs_store_free(store);
     test_rmtree(f->a);
-    store = init_store(f->a, NULL);
+    store = test_init_store(f->a, NULL);
     for (int i = 0; i < 6; i++)
         append_text(&recs[i], store, "things", "v");
     /* Two records swap places: each opens only where it was sealed. */
@@ -1119,7 +1016,7 @@ static void verify_finds_a_missing_record_and_a_moved_one(void **state)
 static void key_import_is_refused_while_records_exist_under_another_key(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *c = init_store(f->c, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *c = test_init_store(f->c, NULL);
     char *text_c = NULL, ka[RS_KEY_ID_STRLEN + 1], kc[RS_KEY_ID_STRLEN + 1],
          after[RS_KEY_ID_STRLEN + 1];
     rs_record rec;
@@ -1137,7 +1034,7 @@ static void key_import_is_refused_while_records_exist_under_another_key(void **s
     assert_string_equal(after, ka);
     rs_store_free(a);
     /* The key file was not replaced either. */
-    a = open_store(f->a, NULL);
+    a = test_open_store(f->a, NULL);
     rs_store_key_id(after, a);
     assert_string_equal(after, ka);
     OK(rs_store_get(&got, a, &rec.id));
@@ -1152,7 +1049,7 @@ static void key_import_is_refused_while_records_exist_under_another_key(void **s
 static void key_import_into_an_empty_store_replaces_the_key(void **state)
 {
     fixture *f = *state;
-    rs_store *a = init_store(f->a, NULL), *c = init_store(f->c, NULL);
+    rs_store *a = test_init_store(f->a, NULL), *c = test_init_store(f->c, NULL);
     char *text_c = NULL, *text_a = NULL, *back = NULL, kc[RS_KEY_ID_STRLEN + 1],
          after[RS_KEY_ID_STRLEN + 1], padded[256];
     rs_record rec;
@@ -1168,7 +1065,7 @@ static void key_import_into_an_empty_store_replaces_the_key(void **state)
     assert_string_equal(after, kc);
     append_text(&rec, a, "things", "under c's key");
     rs_store_free(a);
-    a = open_store(f->a, NULL);
+    a = test_open_store(f->a, NULL);
     rs_store_key_id(after, a);
     assert_string_equal(after, kc);
     OK(rs_store_key_export(&back, a));
@@ -1198,7 +1095,7 @@ static void key_import_into_an_empty_store_replaces_the_key(void **state)
 static void meta_settings_are_kept_and_the_stores_own_are_protected(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     char *value = NULL;
 
     rs_error_clear();
@@ -1208,7 +1105,7 @@ static void meta_settings_are_kept_and_the_stores_own_are_protected(void **state
     OK(rs_store_meta_set(store, "server", "http://127.0.0.1:2"));
     OK(rs_store_meta_set(store, "empty", ""));
     rs_store_free(store);
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     OK(rs_store_meta_get(&value, store, "server"));
     assert_string_equal(value, "http://127.0.0.1:2");
     rs_free(value);
@@ -1232,7 +1129,7 @@ static void meta_settings_are_kept_and_the_stores_own_are_protected(void **state
 static void store_of_a_newer_schema_is_refused(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     sqlite3 *db;
     rs_store_free(store);
     db = raw_db(f->a);
@@ -1246,7 +1143,7 @@ static void store_of_a_newer_schema_is_refused(void **state)
 static void records_are_clustered_by_shard_and_the_journal_is_wal(void **state)
 {
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(rs_store_db(store), "PRAGMA journal_mode", -1, &st, NULL),
                      SQLITE_OK);
@@ -1268,18 +1165,18 @@ static void records_are_clustered_by_shard_and_the_journal_is_wal(void **state)
 static void expect_contiguous_and_monotonic(rs_store *store, const char *tag, size_t count)
 {
     rs_uuid host;
-    rec_list l;
+    test_recs l;
     rs_store_host(&host, store);
     shard_records(&l, store, &host, tag);
-    assert_int_equal(l.count, count);
-    for (size_t i = 0; i < l.count; i++) {
-        assert_int_equal(l.recs[i].idx, i);
-        if (i > 0 && l.recs[i].hlc <= l.recs[i - 1].hlc)
-            fail_msg("idx %zu has clock %llx, not after %llx", i, (unsigned long long)l.recs[i].hlc,
-                     (unsigned long long)l.recs[i - 1].hlc);
+    assert_int_equal(l.n, count);
+    for (size_t i = 0; i < l.n; i++) {
+        assert_int_equal(l.v[i].idx, i);
+        if (i > 0 && l.v[i].hlc <= l.v[i - 1].hlc)
+            fail_msg("idx %zu has clock %llx, not after %llx", i, (unsigned long long)l.v[i].hlc,
+                     (unsigned long long)l.v[i - 1].hlc);
     }
     assert_int_equal(shard_end(store, &host, tag), count);
-    rec_list_free(&l);
+    test_recs_free(&l);
 }
 
 static uint64_t slow_clock(void *ctx)
@@ -1291,7 +1188,7 @@ static uint64_t slow_clock(void *ctx)
 static void two_handles_appending_alternately_keep_idx_contiguous_and_clock_monotonic(void **state)
 {
     fixture *f = *state;
-    rs_store *h1 = init_store(f->a, NULL), *h2 = open_store(f->a, NULL);
+    rs_store *h1 = test_init_store(f->a, NULL), *h2 = test_open_store(f->a, NULL);
     rs_record rec;
     rs_hlc last = 0;
 
@@ -1321,7 +1218,7 @@ static void processes_appending_concurrently_keep_idx_contiguous_and_clock_monot
 {
     enum { PROCS = 3, EACH = 150 };
     fixture *f = *state;
-    rs_store *store = init_store(f->a, NULL);
+    rs_store *store = test_init_store(f->a, NULL);
     pid_t pids[PROCS];
 
     rs_store_free(store);
@@ -1347,13 +1244,13 @@ static void processes_appending_concurrently_keep_idx_contiguous_and_clock_monot
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
     }
-    store = open_store(f->a, NULL);
+    store = test_open_store(f->a, NULL);
     expect_contiguous_and_monotonic(store, "shared", PROCS * EACH);
     expect_verifies(store);
     rs_store_free(store);
 }
 
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
 
 int main(void)
 {
