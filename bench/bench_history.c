@@ -12,34 +12,8 @@
  * Then another device pulls the records in sync-sized pages.
  */
 #define _GNU_SOURCE /* nftw */
-#include "builtin.h"
-
-#include <ftw.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int err)
-{
-    fprintf(stderr, "bench_history: %s: %d %s\n", what, err, rs_error_last());
-    exit(1);
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
+#define BENCH_NAME "bench_history"
+#include "benchutil.h"
 
 static int count_entry(const rs_history_entry *e, void *payload)
 {
@@ -65,35 +39,12 @@ static double timed(size_t *hits, rs_store *store, const char *text, size_t limi
     return (now_s() - t) * 1e3 / runs;
 }
 
-typedef struct recs {
-    rs_record *v;
-    size_t n;
-    size_t cap;
-} recs;
-
-static int collect(const rs_record *rec, void *payload)
-{
-    recs *r = payload;
-    uint8_t *data = malloc(rec->data_len);
-    if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 1024;
-        r->v = realloc(r->v, r->cap * sizeof(*r->v));
-    }
-    if (r->v == NULL || data == NULL)
-        return RS_ENOMEM;
-    memcpy(data, rec->data, rec->data_len);
-    r->v[r->n] = *rec;
-    r->v[r->n++].data = data;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     static const char *const verbs[] = {
         "git commit -m",       "docker compose up", "cargo build --release", "ls -la",
         "kubectl get pods -n", "ssh deploy@host",   "vim src/main.c",        "make -j2 test"};
     long lines = argc > 1 ? atol(argv[1]) : 100000;
-    const char *base = getenv("TMPDIR");
     char root[512], a_dir[600], b_dir[600], file[600], rare[64], multi[64];
     rs_history_import_stats st;
     rs_store *a = NULL, *b = NULL;
@@ -108,9 +59,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_history [LINES]\n");
         return 2;
     }
-    snprintf(root, sizeof(root), "%s/bench-history-XXXXXX", base && *base ? base : "/tmp");
-    if (mkdtemp(root) == NULL)
-        die("making a temporary directory", RS_EIO);
+    make_root(root, sizeof(root), "bench-history");
     snprintf(a_dir, sizeof(a_dir), "%s/a", root);
     snprintf(b_dir, sizeof(b_dir), "%s/b", root);
     snprintf(file, sizeof(file), "%s/zsh_history", root);
@@ -157,24 +106,16 @@ int main(int argc, char **argv)
 
     if ((err = rs_store_foreach(a, RS_HISTORY_TAG, collect, &r)) < 0)
         die("reading records", err);
-    t = now_s();
-    for (size_t i = 0; i < r.n; i += RS_SYNC_DEFAULT_PAGE_RECORDS) {
-        size_t n = r.n - i < RS_SYNC_DEFAULT_PAGE_RECORDS ? r.n - i : RS_SYNC_DEFAULT_PAGE_RECORDS;
-        if ((err = rs_store_insert(NULL, b, r.v + i, n)) < 0)
-            die("inserting a page", err);
-    }
-    pull_s = now_s() - t;
+    pull_s = insert_pages(b, &r);
     printf("pulled pages of %d, history applied: %zu in %.2f s = %.0f records/s\n",
            RS_SYNC_DEFAULT_PAGE_RECORDS, r.n, pull_s, (double)r.n / pull_s);
     printf("search on the pulling device '%s': %.3f ms", rare, timed(&hits, b, rare, 0, 200));
     printf(" (%zu hit)\n", hits);
 
-    for (size_t i = 0; i < r.n; i++)
-        free((void *)r.v[i].data);
-    free(r.v);
+    recs_free(&r);
     rs_free(key_text);
     rs_store_free(a);
     rs_store_free(b);
-    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    remove_root(root);
     return 0;
 }

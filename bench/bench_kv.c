@@ -14,83 +14,12 @@
  * at the end.
  */
 #define _GNU_SOURCE /* nftw */
-#include "builtin.h"
-
-#include <ftw.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int err)
-{
-    fprintf(stderr, "bench_kv: %s: %d %s\n", what, err, rs_error_last());
-    exit(1);
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-typedef struct recs {
-    rs_record *v;
-    size_t n;
-    size_t cap;
-} recs;
-
-static int collect(const rs_record *rec, void *payload)
-{
-    recs *r = payload;
-    uint8_t *data = malloc(rec->data_len);
-    if (r->n == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 1024;
-        r->v = realloc(r->v, r->cap * sizeof(*r->v));
-    }
-    if (r->v == NULL || data == NULL)
-        return RS_ENOMEM;
-    memcpy(data, rec->data, rec->data_len);
-    r->v[r->n] = *rec;
-    r->v[r->n++].data = data;
-    return 0;
-}
-
-static void recs_free(recs *r)
-{
-    for (size_t i = 0; i < r->n; i++)
-        free((void *)r->v[i].data);
-    free(r->v);
-}
-
-/* Inserts `r` into `store` in pages; returns the seconds it took. */
-static double insert_pages(rs_store *store, recs *r)
-{
-    double t = now_s();
-    int err;
-    for (size_t i = 0; i < r->n; i += RS_SYNC_DEFAULT_PAGE_RECORDS) {
-        size_t n =
-            r->n - i < RS_SYNC_DEFAULT_PAGE_RECORDS ? r->n - i : RS_SYNC_DEFAULT_PAGE_RECORDS;
-        if ((err = rs_store_insert(NULL, store, r->v + i, n)) < 0)
-            die("inserting a page", err);
-    }
-    return now_s() - t;
-}
+#define BENCH_NAME "bench_kv"
+#include "benchutil.h"
 
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 100000;
-    const char *base = getenv("TMPDIR");
     char root[512], a_dir[600], b_dir[600], c_dir[600], d_dir[600], key[64], value[128];
     rs_store *a = NULL, *b = NULL, *c = NULL, *d = NULL;
     recs kv = {NULL, 0, 0}, raw = {NULL, 0, 0};
@@ -103,9 +32,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_kv [N]\n");
         return 2;
     }
-    snprintf(root, sizeof(root), "%s/bench-kv-XXXXXX", base && *base ? base : "/tmp");
-    if (mkdtemp(root) == NULL)
-        die("making a temporary directory", RS_EIO);
+    make_root(root, sizeof(root), "bench-kv");
     snprintf(a_dir, sizeof(a_dir), "%s/a", root);
     snprintf(b_dir, sizeof(b_dir), "%s/b", root);
     snprintf(c_dir, sizeof(c_dir), "%s/c", root);
@@ -183,6 +110,6 @@ int main(int argc, char **argv)
     rs_store_free(b);
     rs_store_free(c);
     rs_store_free(d);
-    nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    remove_root(root);
     return 0;
 }
