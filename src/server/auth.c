@@ -57,6 +57,76 @@ static struct {
     .hashing_cond = PTHREAD_COND_INITIALIZER,
 };
 
+/*
+ * Tokens that authenticated recently, so a request does not go to the
+ * database to authenticate (on PostgreSQL that is a round trip per request,
+ * half of an index read). Direct-mapped by the token id, which is random;
+ * only tokens that passed the hash check are kept, and each hit compares the
+ * presented secret's hash again, in constant time. An entry lives
+ * cfg.token_cache_ms; a new login of a device drops its entries at once in
+ * this process. Another recsyncd process on the same database keeps
+ * accepting the replaced token until its entry expires (docs/deploy.md).
+ */
+#define TOKEN_CACHE_SLOTS 4096 /* a power of two */
+
+typedef struct token_slot {
+    uint8_t id[RS_TOKEN_ID_BYTES];
+    rs_device dev;
+    uint64_t expires_ms; /* 0: empty */
+} token_slot;
+
+static struct {
+    pthread_mutex_t lock;
+    token_slot *slots;
+} tokens = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static token_slot *token_slot_for(const uint8_t *id)
+{
+    uint32_t h;
+    memcpy(&h, id, sizeof(h));
+    return &tokens.slots[h & (TOKEN_CACHE_SLOTS - 1)];
+}
+
+static int token_cache_get(rs_device *out, const uint8_t *id)
+{
+    int hit = 0;
+    if (tokens.slots == NULL)
+        return 0;
+    uint64_t now = rs_now_ms();
+    pthread_mutex_lock(&tokens.lock);
+    token_slot *s = token_slot_for(id);
+    if (s->expires_ms > now && memcmp(s->id, id, RS_TOKEN_ID_BYTES) == 0) {
+        *out = s->dev;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&tokens.lock);
+    return hit;
+}
+
+static void token_cache_put(const uint8_t *id, const rs_device *dev)
+{
+    if (tokens.slots == NULL)
+        return;
+    pthread_mutex_lock(&tokens.lock);
+    token_slot *s = token_slot_for(id);
+    memcpy(s->id, id, RS_TOKEN_ID_BYTES);
+    s->dev = *dev;
+    s->expires_ms = rs_now_ms() + rs_srv.cfg.token_cache_ms;
+    pthread_mutex_unlock(&tokens.lock);
+}
+
+void rs_auth_forget_device(const rs_uuid *host)
+{
+    if (tokens.slots == NULL)
+        return;
+    pthread_mutex_lock(&tokens.lock);
+    for (size_t i = 0; i < TOKEN_CACHE_SLOTS; i++)
+        if (tokens.slots[i].expires_ms && rs_uuid_cmp(&tokens.slots[i].dev.host, host) == 0) {
+            sodium_memzero(&tokens.slots[i], sizeof(tokens.slots[i]));
+        }
+    pthread_mutex_unlock(&tokens.lock);
+}
+
 /* Bounds concurrent argon2id computations (each holds its memory limit). */
 static void hashing_enter(void)
 {
@@ -86,6 +156,9 @@ int rs_auth_init(void)
         auth.memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     }
     crypto_shorthash_keygen(auth.hash_key);
+    if (rs_srv.cfg.token_cache_ms > 0 &&
+        (tokens.slots = rs__calloc(TOKEN_CACHE_SLOTS, sizeof(token_slot))) == NULL)
+        return rs__error(RS_ENOMEM, "out of memory for the token cache");
     /* A hash to verify against for unknown users, so they cost the same time. */
     uint8_t pw[16];
     randombytes_buf(pw, sizeof(pw));
@@ -98,6 +171,11 @@ int rs_auth_init(void)
 void rs_auth_shutdown(void)
 {
     sodium_memzero(auth.hash_key, sizeof(auth.hash_key));
+    if (tokens.slots) {
+        sodium_memzero(tokens.slots, TOKEN_CACHE_SLOTS * sizeof(token_slot));
+        rs_free(tokens.slots);
+        tokens.slots = NULL;
+    }
 }
 
 int rs_auth_hash_password(char *out, const char *password)
@@ -148,6 +226,10 @@ int rs_auth_device(rs_device *out, struct MHD_Connection *conn)
         return rs__error(RS_EAUTH, "unknown token");
     crypto_generichash(hash, sizeof(hash), secret, sizeof(secret), NULL, 0);
     sodium_memzero(secret, sizeof(secret));
+    if (token_cache_get(out, id))
+        return sodium_memcmp(hash, out->token_hash, sizeof(hash)) == 0
+                   ? 0
+                   : rs__error(RS_EAUTH, "unknown token");
     int err = rs_srv.backend->ops->token_lookup(rs_srv.backend, out, id);
     if (err == RS_ENOTFOUND)
         return rs__error(RS_EAUTH, "unknown token");
@@ -155,6 +237,7 @@ int rs_auth_device(rs_device *out, struct MHD_Connection *conn)
         return err;
     if (sodium_memcmp(hash, out->token_hash, sizeof(hash)) != 0)
         return rs__error(RS_EAUTH, "unknown token");
+    token_cache_put(id, out);
     return 0;
 }
 

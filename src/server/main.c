@@ -40,6 +40,8 @@ static const char usage_text[] =
     "  --body-max BYTES          largest request body (default 33554432)\n"
     "  --max-payload BYTES       largest record payload (default 1048576)\n"
     "  --login-delay-ms MS       base delay after repeated failed logins (default 500)\n"
+    "  --token-cache-ms MS       how long an authenticated token is kept in memory\n"
+    "                            (default 2000; 0: look every token up in the database)\n"
     "  --timeout-s S             idle connection timeout (default 60)\n"
     "  --sync-full               SQLite synchronous=FULL (durable across power loss)\n"
     "  --argon2-fast             cheapest argon2id parameters: FOR TESTS ONLY\n"
@@ -175,6 +177,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         OPT_BODY_MAX,
         OPT_MAX_PAYLOAD,
         OPT_LOGIN_DELAY,
+        OPT_TOKEN_CACHE,
         OPT_TIMEOUT,
         OPT_SYNC_FULL,
         OPT_ARGON2_FAST,
@@ -195,6 +198,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         {"body-max", required_argument, NULL, OPT_BODY_MAX},
         {"max-payload", required_argument, NULL, OPT_MAX_PAYLOAD},
         {"login-delay-ms", required_argument, NULL, OPT_LOGIN_DELAY},
+        {"token-cache-ms", required_argument, NULL, OPT_TOKEN_CACHE},
         {"timeout-s", required_argument, NULL, OPT_TIMEOUT},
         {"sync-full", no_argument, NULL, OPT_SYNC_FULL},
         {"argon2-fast", no_argument, NULL, OPT_ARGON2_FAST},
@@ -215,6 +219,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
     cfg->body_max = 32u << 20;
     cfg->max_payload = RS_DEFAULT_MAX_PAYLOAD;
     cfg->login_delay_ms = 500;
+    cfg->token_cache_ms = 2000;
     cfg->connection_timeout_s = 60;
 
     int c;
@@ -256,6 +261,9 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
             break;
         case OPT_LOGIN_DELAY:
             cfg->login_delay_ms = (unsigned)parse_num("--login-delay-ms", optarg, 1, 60000);
+            break;
+        case OPT_TOKEN_CACHE:
+            cfg->token_cache_ms = (unsigned)parse_num("--token-cache-ms", optarg, 0, 3600000);
             break;
         case OPT_TIMEOUT:
             cfg->connection_timeout_s = (unsigned)parse_num("--timeout-s", optarg, 1, 86400);

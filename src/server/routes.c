@@ -102,6 +102,7 @@ int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body,
     if ((err = rs_srv.backend->ops->device_bind(rs_srv.backend, account.user, &creds.host,
                                                 &token)) < 0)
         goto done;
+    rs_auth_forget_device(&creds.host); /* its previous token, if cached */
     err = token_reply(out, 200, token_text, creds.username);
 done:
     sodium_memzero(token_text, sizeof(token_text));

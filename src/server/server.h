@@ -29,6 +29,7 @@ typedef struct rs_config {
     size_t body_max;
     size_t max_payload;
     unsigned login_delay_ms;
+    unsigned token_cache_ms; /* 0: every request looks its token up */
     unsigned connection_timeout_s;
     bool argon2_fast;
     bool test_hooks;
@@ -106,6 +107,9 @@ void rs_auth_shutdown(void);
 
 /* The device whose `Authorization: Token <token>` the request carries; RS_EAUTH otherwise. */
 int rs_auth_device(rs_device *out, struct MHD_Connection *conn);
+
+/* Drops the cached tokens of device `host` (after it logged in again). */
+void rs_auth_forget_device(const rs_uuid *host);
 
 /* A new token: its text (RS_TOKEN_TEXT_LEN hex digits) and what the backend stores. */
 #define RS_TOKEN_TEXT_LEN (2 * (RS_TOKEN_ID_BYTES + 32))

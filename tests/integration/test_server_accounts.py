@@ -35,6 +35,35 @@ class AccountTests(unittest.TestCase):
         r = self.server.client(acct.token).get("/api/v1/index")
         self.assertEqual(r.status, 401, r)
 
+    def test_a_cached_token_is_retired_at_once_by_a_new_login(self):
+        acct = self.server.register("alice", "pw")
+        old = self.server.client(acct.token)
+        for _ in range(3):  # authenticated, so now in the token cache
+            self.assertEqual(old.get("/api/v1/index").status, 200)
+        again = acct.login()
+        self.assertEqual(old.get("/api/v1/index").status, 401)
+        new = self.server.client(again.token)
+        self.assertEqual(new.get("/api/v1/index").status, 200)
+        # The cached id with another secret is refused.
+        r = self.server.client(again.token[:32] + "f" * 64).get("/api/v1/index")
+        self.assertEqual(r.status, 401, r)
+        self.assertEqual(new.get("/api/v1/index").status, 200)
+
+    def test_another_process_drops_a_replaced_token_within_its_cache_time(self):
+        """Two recsyncd processes on one database: a login through one
+        retires the old token on the other after at most --token-cache-ms,
+        and at once with the cache off."""
+        for cache_ms, wait_s in (("300", 0.6), ("0", 0.0)):
+            first = ServerProcess(self, args=["--token-cache-ms", cache_ms])
+            second = ServerProcess(self, db=first.db, args=["--token-cache-ms", cache_ms])
+            acct = first.register("alice" + cache_ms, "pw")
+            on_second = second.client(acct.token)
+            self.assertEqual(on_second.get("/api/v1/index").status, 200)
+            again = acct.login()
+            time.sleep(wait_s)
+            self.assertEqual(on_second.get("/api/v1/index").status, 401, "cache %s ms" % cache_ms)
+            self.assertEqual(second.client(again.token).get("/api/v1/index").status, 200)
+
     def test_second_device_logs_in_with_its_own_host(self):
         acct = self.server.register("alice", "pw")
         second = acct.login(host=new_host())
