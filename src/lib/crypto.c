@@ -155,7 +155,7 @@ static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id)
 int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_t *plain,
              size_t len)
 {
-    /* Both nonces and the CEK from one call: one getrandom() per record, not three. */
+    /* Both nonces and the CEK from one draw of the random pool (random.c). */
     uint8_t ad[AD_MAX], fresh[2 * NONCE_BYTES + RS_KEY_BYTES];
     const uint8_t *cek = fresh + 2 * NONCE_BYTES;
     size_t adlen;
@@ -164,7 +164,7 @@ int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_
         return rs__error(RS_EINVAL, "tag '%.70s' is longer than %d characters", rec->tag,
                          RS_TAG_MAX);
     adlen = build_ad(ad, rec, key->id);
-    randombytes_buf(fresh, sizeof(fresh));
+    rs__random(fresh, sizeof(fresh));
     memcpy(out, RS_ENVELOPE_MAGIC, 4);
     memcpy(out + OFF_KEY_ID, key->id, RS_KEY_ID_BYTES);
     memcpy(out + OFF_WRAP_NONCE, fresh, NONCE_BYTES);

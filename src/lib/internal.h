@@ -44,6 +44,12 @@ int rs__verror(int code, const char *fmt, va_list ap);
 int rs__sqlite_error(sqlite3 *db, int rc, const char *what);
 
 /* Lowercase hex of `len` bytes into out[2 * len + 1]. */
+/*
+ * Cryptographically secure random bytes from a per-thread ChaCha20 pool
+ * seeded by the kernel (random.c): ids, nonces, content keys. Fork-safe.
+ */
+void rs__random(void *buf, size_t len);
+
 void rs__hex(char *out, const uint8_t *bytes, size_t len);
 int rs__unhex(uint8_t *out, size_t len, const char *text);
 

@@ -92,7 +92,7 @@ void rs_uuid_random(rs_uuid *out)
  */
 void rs_uuid_v7(rs_uuid *out, uint64_t unix_ms)
 {
-    randombytes_buf(out->bytes + 6, 10);
+    rs__random(out->bytes + 6, 10);
     for (int i = 0; i < 6; i++)
         out->bytes[i] = (uint8_t)(unix_ms >> (40 - 8 * i));
     out->bytes[6] = (uint8_t)((out->bytes[6] & 0x0f) | 0x70);
