@@ -25,8 +25,19 @@ typedef int (*cli_cmd_fn)(cli *c, int argc, char **argv);
 int cli_fail(const char *what, int err);
 /* Prints a usage error and returns EXIT_USAGE. */
 int cli_usage(const char *usage, const char *fmt, ...);
-/* True when argv holds -h or --help before any "--". */
-bool cli_wants_help(int argc, char **argv);
+/* When argv holds -h or --help before any "--": prints `usage` on stdout, returns true. */
+bool cli_help(const char *usage, int argc, char **argv);
+/*
+ * The default case of a getopt_long loop whose --help returns 'h': for 'h',
+ * prints `usage` on stdout and returns EXIT_OK; for anything else, prints
+ * the usage error `fmt` and returns EXIT_USAGE.
+ */
+int cli_other_option(int opt, const char *usage, const char *fmt, ...);
+
+/* A whole number in [min, max] from all of `text` (strtoll), else false. */
+bool cli_parse_ll(long long *out, const char *text, long long min, long long max);
+/* A whole number in [min, max] from all of `text` (strtoul), else false. */
+bool cli_parse_ul(unsigned long *out, const char *text, unsigned long min, unsigned long max);
 
 /* Opens the store at c->dir, printing the error on failure. */
 int cli_open(rs_store **out, cli *c);
@@ -34,8 +45,10 @@ int cli_open(rs_store **out, cli *c);
 /* Reads all of `f` into a NUL-terminated buffer (free with free()). */
 int cli_read_all(char **out, size_t *out_len, FILE *f);
 
-/* Prints a JSON string literal (with quotes) for `s` to `out`. */
+/* Prints a JSON string literal (with quotes) for `s` to `out`; null for NULL. */
 void cli_json_string(FILE *out, const char *s);
+/* Prints `s` on stdout with newlines and tabs shown as \n and \t. */
+void cli_print_escaped(const char *s);
 
 int cmd_init(cli *c, int argc, char **argv);
 int cmd_key(cli *c, int argc, char **argv);

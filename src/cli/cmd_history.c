@@ -3,7 +3,6 @@
  */
 #include "cli.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -30,18 +29,6 @@ static const char history_usage[] =
 typedef struct print_opts {
     bool json;
 } print_opts;
-
-static void print_escaped(const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\n')
-            fputs("\\n", stdout);
-        else if (*s == '\t')
-            fputs("\\t", stdout);
-        else
-            putchar(*s);
-    }
-}
 
 static int print_entry(const rs_history_entry *e, void *payload)
 {
@@ -74,22 +61,9 @@ static int print_entry(const rs_history_entry *e, void *payload)
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm) == 0)
         snprintf(when, sizeof(when), "%lld", (long long)e->time_ms);
     printf("%s\t%s\t%lld\t%lld\t", id, when, (long long)e->exit_code, (long long)e->duration_ms);
-    print_escaped(e->command);
+    cli_print_escaped(e->command);
     putchar('\n');
     return 0;
-}
-
-/* A whole number in [min, max] from `text`, else false. */
-static bool parse_int(long long *out, const char *text, long long min, long long max)
-{
-    char *end;
-    long long v;
-    errno = 0;
-    v = strtoll(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int history_add(cli *c, int argc, char **argv)
@@ -121,12 +95,12 @@ static int history_add(cli *c, int argc, char **argv)
             e.cwd = optarg;
             break;
         case 'e':
-            if (!parse_int(&v, optarg, INT_MIN, INT_MAX))
+            if (!cli_parse_ll(&v, optarg, INT_MIN, INT_MAX))
                 return cli_usage(history_usage, "--exit needs a whole number, not '%s'", optarg);
             e.exit_code = v;
             break;
         case 'd':
-            if (!parse_int(&v, optarg, -1, LLONG_MAX))
+            if (!cli_parse_ll(&v, optarg, -1, LLONG_MAX))
                 return cli_usage(history_usage, "--duration needs milliseconds, not '%s'", optarg);
             e.duration_ms = v;
             break;
@@ -134,15 +108,12 @@ static int history_add(cli *c, int argc, char **argv)
             e.session = optarg;
             break;
         case 't':
-            if (!parse_int(&v, optarg, 1, LLONG_MAX))
+            if (!cli_parse_ll(&v, optarg, 1, LLONG_MAX))
                 return cli_usage(history_usage, "--time needs Unix milliseconds, not '%s'", optarg);
             e.time_ms = v;
             break;
-        case 'h':
-            fputs(history_usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(history_usage, "history add: bad option");
+            return cli_other_option(opt, history_usage, "history add: bad option");
         }
     }
     if (optind >= argc)
@@ -196,7 +167,7 @@ static int history_query(cli *c, int argc, char **argv, bool search)
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
         case 'l':
-            if (!parse_int(&v, optarg, 1, LLONG_MAX))
+            if (!cli_parse_ll(&v, optarg, 1, LLONG_MAX))
                 return cli_usage(history_usage, "--limit needs a positive number, not '%s'",
                                  optarg);
             limit = (size_t)v;
@@ -207,11 +178,8 @@ static int history_query(cli *c, int argc, char **argv, bool search)
         case 'a':
             all = true;
             break;
-        case 'h':
-            fputs(history_usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(history_usage, "history %s: bad option", argv[0]);
+            return cli_other_option(opt, history_usage, "history %s: bad option", argv[0]);
         }
     }
     if (search && argc - optind != 1)

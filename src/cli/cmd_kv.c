@@ -21,18 +21,6 @@ typedef struct list_opts {
     bool one_ns;
 } list_opts;
 
-static void print_escaped(const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\n')
-            fputs("\\n", stdout);
-        else if (*s == '\t')
-            fputs("\\t", stdout);
-        else
-            putchar(*s);
-    }
-}
-
 static int print_entry(const rs_kv_entry *e, void *payload)
 {
     list_opts *lo = payload;
@@ -46,10 +34,7 @@ static int print_entry(const rs_kv_entry *e, void *payload)
         fputs(", \"key\": ", stdout);
         cli_json_string(stdout, e->key);
         fputs(", \"value\": ", stdout);
-        if (e->value)
-            cli_json_string(stdout, e->value);
-        else
-            fputs("null", stdout);
+        cli_json_string(stdout, e->value);
         printf(", \"deleted\": %s, \"hlc\": \"%s\", \"host\": \"%s\"}\n",
                e->value ? "false" : "true", hlc, host);
         return 0;
@@ -57,12 +42,12 @@ static int print_entry(const rs_kv_entry *e, void *payload)
     if (e->value == NULL)
         return 0;
     if (!lo->one_ns) {
-        print_escaped(e->ns);
+        cli_print_escaped(e->ns);
         putchar('\t');
     }
-    print_escaped(e->key);
+    cli_print_escaped(e->key);
     putchar('\t');
-    print_escaped(e->value);
+    cli_print_escaped(e->value);
     putchar('\n');
     return 0;
 }
@@ -92,11 +77,8 @@ static int kv_list(rs_store *store, int argc, char **argv)
         case 'a':
             all = true;
             break;
-        case 'h':
-            fputs(kv_usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(kv_usage, "kv list: bad option");
+            return cli_other_option(opt, kv_usage, "kv list: bad option");
         }
     }
     if (argc - optind > 1)

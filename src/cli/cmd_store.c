@@ -16,10 +16,8 @@ int cmd_init(cli *c, int argc, char **argv)
     char text[RS_UUID_STRLEN + 1], key_id[RS_KEY_ID_STRLEN + 1];
     int err;
 
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
+    if (cli_help(usage, argc, argv))
         return EXIT_OK;
-    }
     if (argc != 1)
         return cli_usage(usage, "init takes no arguments");
     if ((err = rs_store_init(&store, c->dir, NULL)) < 0)
@@ -46,10 +44,8 @@ int cmd_key(cli *c, int argc, char **argv)
     size_t len;
     int err, rc = EXIT_OK;
 
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
+    if (cli_help(usage, argc, argv))
         return EXIT_OK;
-    }
     if (argc != 2)
         return cli_usage(usage, "key needs 'export' or 'import'");
     if (strcmp(argv[1], "export") == 0) {
@@ -169,7 +165,7 @@ int cmd_append(cli *c, int argc, char **argv)
     rs_record rec;
     bool lines = false;
     unsigned long version = 1;
-    char *buf = NULL, *end;
+    char *buf = NULL;
     size_t len;
     int opt, err, rc = EXIT_OK;
 
@@ -180,15 +176,11 @@ int cmd_append(cli *c, int argc, char **argv)
             lines = true;
             break;
         case 'v':
-            version = strtoul(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || version > UINT32_MAX)
+            if (!cli_parse_ul(&version, optarg, 0, UINT32_MAX))
                 return cli_usage(usage, "--version needs a whole number, not '%s'", optarg);
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(usage, "bad option");
+            return cli_other_option(opt, usage, "bad option");
         }
     }
     if (optind != argc - 1)
@@ -261,11 +253,8 @@ int cmd_log(cli *c, int argc, char **argv)
         case 'j':
             ls.json = true;
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(usage, "bad option");
+            return cli_other_option(opt, usage, "bad option");
         }
     }
     if (optind != argc)
@@ -291,10 +280,8 @@ int cmd_cat(cli *c, int argc, char **argv)
     size_t len = 0;
     int err, rc = EXIT_OK;
 
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
+    if (cli_help(usage, argc, argv))
         return EXIT_OK;
-    }
     if (argc != 2)
         return cli_usage(usage, "cat needs exactly one record ID");
     if (rs_uuid_parse(&id, argv[1]) < 0)
@@ -327,10 +314,8 @@ int cmd_verify(cli *c, int argc, char **argv)
     rs_verify_report report;
     int err, rc = EXIT_OK;
 
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
+    if (cli_help(usage, argc, argv))
         return EXIT_OK;
-    }
     if (argc != 1)
         return cli_usage(usage, "verify takes no arguments");
     if (cli_open(&store, c) != 0)
@@ -358,10 +343,8 @@ int cmd_rebuild(cli *c, int argc, char **argv)
     rs_store *store = NULL;
     int err, rc = EXIT_OK;
 
-    if (cli_wants_help(argc, argv)) {
-        fputs(usage, stdout);
+    if (cli_help(usage, argc, argv))
         return EXIT_OK;
-    }
     if (argc > 2)
         return cli_usage(usage, "rebuild takes at most one TAG");
     if (cli_open(&store, c) != 0)

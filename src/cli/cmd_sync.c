@@ -106,11 +106,8 @@ static int account_cmd(cli *c, int argc, char **argv, bool create)
         case 'u':
             user = optarg;
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(usage, "bad option");
+            return cli_other_option(opt, usage, "bad option");
         }
     }
     if (optind != argc)
@@ -239,7 +236,6 @@ int cmd_sync(cli *c, int argc, char **argv)
     bar b = {false, false, {0, 0}};
     bool json = false;
     unsigned long page;
-    char *end;
     rs_uuid self;
     int opt, err, rc = EXIT_OK;
 
@@ -251,17 +247,13 @@ int cmd_sync(cli *c, int argc, char **argv)
             json = true;
             break;
         case 'p':
-            page = strtoul(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || page == 0 || page > 1000000)
+            if (!cli_parse_ul(&page, optarg, 1, 1000000))
                 return cli_usage(usage, "--page-records needs a number from 1 to 1000000, not '%s'",
                                  optarg);
             sopts.page_records = page;
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(usage, "bad option");
+            return cli_other_option(opt, usage, "bad option");
         }
     }
     if (optind != argc)
@@ -374,20 +366,11 @@ static void print_status_json(const status_info *si)
     printf("{\"store\": ");
     cli_json_string(stdout, rs_store_dir(si->store));
     printf(", \"host\": \"%s\", \"key\": \"%s\", \"server\": ", host, key);
-    if (si->server)
-        cli_json_string(stdout, si->server);
-    else
-        fputs("null", stdout);
+    cli_json_string(stdout, si->server);
     fputs(", \"user\": ", stdout);
-    if (si->user)
-        cli_json_string(stdout, si->user);
-    else
-        fputs("null", stdout);
+    cli_json_string(stdout, si->user);
     printf(", \"online\": %s, \"error\": ", si->live ? "true" : "false");
-    if (si->error[0])
-        cli_json_string(stdout, si->error);
-    else
-        fputs("null", stdout);
+    cli_json_string(stdout, si->error[0] ? si->error : NULL);
     printf(", \"remote_source\": \"%s\", \"seq\": ", si->live     ? "live"
                                                      : si->remote ? "last_sync"
                                                                   : "none");
@@ -487,8 +470,7 @@ int cmd_status(cli *c, int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     status_info si;
     bool json = false;
-    long timeout_ms = 2000;
-    char *end;
+    long long timeout_ms = 2000;
     int opt, err, rc = EXIT_OK;
 
     memset(&si, 0, sizeof(si));
@@ -499,16 +481,12 @@ int cmd_status(cli *c, int argc, char **argv)
             json = true;
             break;
         case 't':
-            timeout_ms = strtol(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || timeout_ms < 1 || timeout_ms > 600000)
+            if (!cli_parse_ll(&timeout_ms, optarg, 1, 600000))
                 return cli_usage(usage, "--timeout-ms needs a number from 1 to 600000, not '%s'",
                                  optarg);
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(usage, "bad option");
+            return cli_other_option(opt, usage, "bad option");
         }
     }
     if (optind != argc)
@@ -529,7 +507,7 @@ int cmd_status(cli *c, int argc, char **argv)
         goto done;
     }
     if (si.server) {
-        if ((err = rs_remote_index_timeout(&si.live, si.store, timeout_ms)) < 0) {
+        if ((err = rs_remote_index_timeout(&si.live, si.store, (long)timeout_ms)) < 0) {
             snprintf(si.error, sizeof(si.error), "%s", rs_error_last());
             si.error_code = err;
             si.live = NULL;

@@ -95,11 +95,8 @@ int cmd_watch(cli *c, int argc, char **argv)
         case 'j':
             p.json = true;
             break;
-        case 'h':
-            fputs(usage, stdout);
-            return EXIT_OK;
         default:
-            return cli_usage(usage, "bad option");
+            return cli_other_option(opt, usage, "bad option");
         }
     }
     if (optind != argc)

@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,28 +50,73 @@ int cli_fail(const char *what, int err)
     return EXIT_FAIL;
 }
 
-int cli_usage(const char *usage, const char *fmt, ...)
+static int vusage(const char *usage, const char *fmt, va_list ap)
 {
-    va_list ap;
     fputs("recsync: ", stderr);
-    va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
-    va_end(ap);
     fputc('\n', stderr);
     if (usage)
         fputs(usage, stderr);
     return EXIT_USAGE;
 }
 
-bool cli_wants_help(int argc, char **argv)
+int cli_usage(const char *usage, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+    va_start(ap, fmt);
+    rc = vusage(usage, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+bool cli_help(const char *usage, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0)
             return false;
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage, stdout);
             return true;
+        }
     }
     return false;
+}
+
+int cli_other_option(int opt, const char *usage, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+    if (opt == 'h') {
+        fputs(usage, stdout);
+        return EXIT_OK;
+    }
+    va_start(ap, fmt);
+    rc = vusage(usage, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+bool cli_parse_ll(long long *out, const char *text, long long min, long long max)
+{
+    char *end;
+    long long v;
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_ul(unsigned long *out, const char *text, unsigned long min, unsigned long max)
+{
+    char *end;
+    unsigned long v = strtoul(text, &end, 10);
+    if (*text == '\0' || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
 }
 
 int cli_open(rs_store **out, cli *c)
@@ -110,6 +156,10 @@ int cli_read_all(char **out, size_t *out_len, FILE *f)
 
 void cli_json_string(FILE *out, const char *s)
 {
+    if (s == NULL) {
+        fputs("null", out);
+        return;
+    }
     fputc('"', out);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         switch (*p) {
@@ -136,6 +186,18 @@ void cli_json_string(FILE *out, const char *s)
         }
     }
     fputc('"', out);
+}
+
+void cli_print_escaped(const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\n')
+            fputs("\\n", stdout);
+        else if (*s == '\t')
+            fputs("\\t", stdout);
+        else
+            putchar(*s);
+    }
 }
 
 /* $RECSYNC_DIR, else $XDG_DATA_HOME/recsync, else $HOME/.local/share/recsync. */
