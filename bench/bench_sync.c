@@ -19,6 +19,7 @@
  */
 #include <recsync.h>
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,21 +143,37 @@ static int cmd_write(const char *url, const char *user, const char *dir, long n)
     return 0;
 }
 
+/*
+ * The figures of a push or pull (`what`) that took t seconds: its rate,
+ * its time and, once `store` is freed, the peak RSS. Returns 0, or 1 when
+ * the sync did not move exactly n records the one way (push: up, pull:
+ * down) and none the other.
+ */
+static int report_moved(const char *what, rs_store *store, long n, uint64_t up, uint64_t down,
+                        double t)
+{
+    bool push = strcmp(what, "push") == 0;
+    char name[32];
+    if ((push ? up : down) != (uint64_t)n || (push ? down : up) != 0) {
+        fprintf(stderr, "bench_sync: %s moved %llu up, %llu down; expected %ld %s\n", what,
+                (unsigned long long)up, (unsigned long long)down, n, push ? "up" : "down");
+        return 1;
+    }
+    emit(what, n, (double)n / t, "records/s");
+    snprintf(name, sizeof(name), "%s_ms", what);
+    emit(name, n, t * 1e3, "ms");
+    rs_store_free(store);
+    snprintf(name, sizeof(name), "rss_client_%s", what);
+    emit(name, n, peak_rss_mib(), "MiB");
+    return 0;
+}
+
 static int cmd_push(const char *dir, long n)
 {
     rs_store *a = open_store(dir);
     uint64_t up, down;
     double t = timed_sync(a, &up, &down, "push sync");
-    if (up != (uint64_t)n || down != 0) {
-        fprintf(stderr, "bench_sync: push moved %llu up, %llu down; expected %ld up\n",
-                (unsigned long long)up, (unsigned long long)down, n);
-        return 1;
-    }
-    emit("push", n, (double)n / t, "records/s");
-    emit("push_ms", n, t * 1e3, "ms");
-    rs_store_free(a);
-    emit("rss_client_push", n, peak_rss_mib(), "MiB");
-    return 0;
+    return report_moved("push", a, n, up, down, t);
 }
 
 static int cmd_pull(const char *url, const char *user, const char *dir_b, const char *dir_a, long n)
@@ -175,16 +192,7 @@ static int cmd_pull(const char *url, const char *user, const char *dir_b, const 
     if ((err = rs_login(b, url, user, PASSWORD)) < 0)
         die("login", err);
     t = timed_sync(b, &up, &down, "pull sync");
-    if (down != (uint64_t)n || up != 0) {
-        fprintf(stderr, "bench_sync: pull moved %llu up, %llu down; expected %ld down\n",
-                (unsigned long long)up, (unsigned long long)down, n);
-        return 1;
-    }
-    emit("pull", n, (double)n / t, "records/s");
-    emit("pull_ms", n, t * 1e3, "ms");
-    rs_store_free(b);
-    emit("rss_client_pull", n, peak_rss_mib(), "MiB");
-    return 0;
+    return report_moved("pull", b, n, up, down, t);
 }
 
 static int cmd_steady(const char *dir_a, const char *dir_b, long n, long repeat, long incr)

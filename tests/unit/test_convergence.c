@@ -305,13 +305,10 @@ static relay_shard *relay_shard_of(scenario *sc, const rs_uuid *host, const char
 static uint64_t local_end(device *d, const rs_uuid *host, const char *tag)
 {
     rs_index *index = NULL;
-    uint64_t end = 0;
+    uint64_t end;
     if (rs_store_index(&index, d->store) < 0)
         return UINT64_MAX;
-    for (size_t i = 0; i < index->count; i++)
-        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
-            strcmp(index->shards[i].tag, tag) == 0)
-            end = index->shards[i].end;
+    end = test_index_end(index, host, tag);
     rs_index_free(index);
     return end;
 }

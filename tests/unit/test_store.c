@@ -35,12 +35,9 @@ static void shard_records(test_recs *out, rs_store *store, const rs_uuid *host, 
 static uint64_t shard_end(rs_store *store, const rs_uuid *host, const char *tag)
 {
     rs_index *index = NULL;
-    uint64_t end = 0;
+    uint64_t end;
     OK(rs_store_index(&index, store));
-    for (size_t i = 0; i < index->count; i++)
-        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
-            strcmp(index->shards[i].tag, tag) == 0)
-            end = index->shards[i].end;
+    end = test_index_end(index, host, tag);
     rs_index_free(index);
     return end;
 }

@@ -193,6 +193,17 @@ static inline uint64_t test_count_records(rs_store *store, const char *tag)
     return n;
 }
 
+/* The end of shard (host, tag) in `index`; 0 if the index has no such shard. */
+static inline uint64_t test_index_end(const rs_index *index, const rs_uuid *host, const char *tag)
+{
+    uint64_t end = 0;
+    for (size_t i = 0; i < index->count; i++)
+        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
+            strcmp(index->shards[i].tag, tag) == 0)
+            end = index->shards[i].end;
+    return end;
+}
+
 /* How many rows the store's records table holds, by SQL. */
 static inline uint64_t test_record_rows(rs_store *store)
 {
