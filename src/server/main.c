@@ -372,12 +372,17 @@ int main(int argc, char **argv)
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "recsyncd: signal %d: shutting down\n", sig);
-    int lfd = MHD_quiesce_daemon(rs_srv.daemon);
-    if (lfd >= 0)
-        close(lfd);
-    fd = -1;
+    /*
+     * No MHD_quiesce_daemon first: on an epoll daemon with a thread pool it
+     * races a worker's own removal of the listen socket from its epoll set,
+     * and libmicrohttpd 0.9.75 aborts on the loser ("Failed to remove listen
+     * FD from epoll set"; seen once in CI). rs_events_stop bars new event
+     * streams from suspending and resumes the open ones, which is all
+     * MHD_stop_daemon needs; it closes the listen socket itself.
+     */
     rs_events_stop();
     MHD_stop_daemon(rs_srv.daemon);
+    fd = -1;
     rs_events_join();
     code = 0;
 done:
