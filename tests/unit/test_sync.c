@@ -26,13 +26,6 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        int ok_err_ = (call);                                                                      \
-        if (ok_err_ != 0)                                                                          \
-            fail_msg("%s: %d %s", #call, ok_err_, rs_error_last());                                \
-    } while (0)
-
 /* ---- a scripted HTTP/1.1 server ---- */
 
 typedef struct fake fake;
