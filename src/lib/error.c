@@ -90,7 +90,7 @@ int rs__error(int code, const char *fmt, ...)
     return code;
 }
 
-int rs__sqlite_error(sqlite3 *db, int rc, const char *what)
+int rs__sqlite_error_in(sqlite3 *db, int rc, const char *what, int name_file)
 {
     int code;
     /* An I/O error that is really an allocation failure is reported as one. */
@@ -118,5 +118,13 @@ int rs__sqlite_error(sqlite3 *db, int rc, const char *what)
     default:
         code = RS_ERROR;
     }
+    const char *file = db && name_file && code == RS_EIO ? sqlite3_db_filename(db, "main") : NULL;
+    if (file && *file)
+        return rs__error(code, "%s: %s (%s)", what, sqlite3_errmsg(db), file);
     return rs__error(code, "%s: %s", what, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+}
+
+int rs__sqlite_error(sqlite3 *db, int rc, const char *what)
+{
+    return rs__sqlite_error_in(db, rc, what, 1);
 }

@@ -39,9 +39,15 @@ int rs__verror(int code, const char *fmt, va_list ap);
 
 /*
  * Maps a SQLite failure on `db` to an RS code with a message naming `what`
- * (disk full and I/O errors become RS_EIO, locked/busy RS_EBUSY).
+ * (disk full and I/O errors become RS_EIO, locked/busy RS_EBUSY). An I/O
+ * error (disk full, unreadable, read-only, corrupt) also names the database
+ * file.
  */
 int rs__sqlite_error(sqlite3 *db, int rc, const char *what);
+
+/* As rs__sqlite_error; name_file 0 keeps the file's path out of the message
+ * (recsyncd, whose messages go to clients). */
+int rs__sqlite_error_in(sqlite3 *db, int rc, const char *what, int name_file);
 
 /* Lowercase hex of `len` bytes into out[2 * len + 1]. */
 /*

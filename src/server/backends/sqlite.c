@@ -177,7 +177,7 @@ static uint64_t now_ms(void)
 
 static int db_error(conn *c, int rc, const char *what)
 {
-    return rs__sqlite_error(c->db, rc, what);
+    return rs__sqlite_error_in(c->db, rc, what, 0);
 }
 
 static void conn_close(conn *c)
@@ -196,7 +196,7 @@ static int exec(conn *c, const char *sql, const char *what)
     char *msg = NULL;
     int rc = sqlite3_exec(c->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
-        int err = rs__sqlite_error(c->db, rc, what);
+        int err = rs__sqlite_error_in(c->db, rc, what, 0);
         sqlite3_free(msg);
         return err;
     }
