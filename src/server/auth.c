@@ -78,7 +78,22 @@ typedef struct token_slot {
 static struct {
     pthread_mutex_t lock;
     token_slot *slots;
+    uint64_t epoch; /* bumped by every forget: a lookup begun before one is not cached */
 } tokens = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* Cache times follow the monotonic clock: a wall clock stepped back must not extend them. */
+static uint64_t cache_now_ms(void)
+{
+    return rs_monotonic_ns() / 1000000u;
+}
+
+static uint64_t token_cache_epoch(void)
+{
+    pthread_mutex_lock(&tokens.lock);
+    uint64_t e = tokens.epoch;
+    pthread_mutex_unlock(&tokens.lock);
+    return e;
+}
 
 static token_slot *token_slot_for(const uint8_t *id)
 {
@@ -92,7 +107,7 @@ static int token_cache_get(rs_device *out, const uint8_t *id)
     int hit = 0;
     if (tokens.slots == NULL)
         return 0;
-    uint64_t now = rs_now_ms();
+    uint64_t now = cache_now_ms();
     pthread_mutex_lock(&tokens.lock);
     token_slot *s = token_slot_for(id);
     if (s->expires_ms > now && memcmp(s->id, id, RS_TOKEN_ID_BYTES) == 0) {
@@ -103,15 +118,21 @@ static int token_cache_get(rs_device *out, const uint8_t *id)
     return hit;
 }
 
-static void token_cache_put(const uint8_t *id, const rs_device *dev)
+/*
+ * Caches what a lookup begun at `epoch` found, unless a login forgot
+ * tokens since: the row read may be the token that login just replaced.
+ */
+static void token_cache_put(const uint8_t *id, const rs_device *dev, uint64_t epoch)
 {
     if (tokens.slots == NULL)
         return;
     pthread_mutex_lock(&tokens.lock);
-    token_slot *s = token_slot_for(id);
-    memcpy(s->id, id, RS_TOKEN_ID_BYTES);
-    s->dev = *dev;
-    s->expires_ms = rs_now_ms() + rs_srv.cfg.token_cache_ms;
+    if (tokens.epoch == epoch) {
+        token_slot *s = token_slot_for(id);
+        memcpy(s->id, id, RS_TOKEN_ID_BYTES);
+        s->dev = *dev;
+        s->expires_ms = cache_now_ms() + rs_srv.cfg.token_cache_ms;
+    }
     pthread_mutex_unlock(&tokens.lock);
 }
 
@@ -120,6 +141,7 @@ void rs_auth_forget_device(const rs_uuid *host)
     if (tokens.slots == NULL)
         return;
     pthread_mutex_lock(&tokens.lock);
+    tokens.epoch++;
     for (size_t i = 0; i < TOKEN_CACHE_SLOTS; i++)
         if (tokens.slots[i].expires_ms && rs_uuid_cmp(&tokens.slots[i].dev.host, host) == 0) {
             sodium_memzero(&tokens.slots[i], sizeof(tokens.slots[i]));
@@ -230,6 +252,7 @@ int rs_auth_device(rs_device *out, struct MHD_Connection *conn)
         return sodium_memcmp(hash, out->token_hash, sizeof(hash)) == 0
                    ? 0
                    : rs__error(RS_EAUTH, "unknown token");
+    uint64_t epoch = token_cache_epoch();
     int err = rs_srv.backend->ops->token_lookup(rs_srv.backend, out, id);
     if (err == RS_ENOTFOUND)
         return rs__error(RS_EAUTH, "unknown token");
@@ -237,7 +260,7 @@ int rs_auth_device(rs_device *out, struct MHD_Connection *conn)
         return err;
     if (sodium_memcmp(hash, out->token_hash, sizeof(hash)) != 0)
         return rs__error(RS_EAUTH, "unknown token");
-    token_cache_put(id, out);
+    token_cache_put(id, out, epoch);
     return 0;
 }
 
