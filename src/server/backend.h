@@ -137,6 +137,7 @@ typedef struct rs_backend_stats {
     uint64_t checkpoint_pages;   /* WAL pages copied into the database */
     uint64_t checkpoint_ms;      /* time spent in them */
     uint64_t checkpoint_errors;  /* checkpoints that failed (retried later) */
+    uint64_t wal_pages;          /* the WAL's size in pages at the last checkpoint */
 } rs_backend_stats;
 
 typedef struct rs_backend_ops {

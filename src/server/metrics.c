@@ -203,7 +203,10 @@ int rs_metrics_render(rs_buf *out)
                            "Time spent in those checkpoints.", "counter", st.checkpoint_ms)) < 0 ||
             (err = counter(out, "recsyncd_sqlite_checkpoint_errors_total",
                            "Checkpoints that failed (retried on the next run).", "counter",
-                           st.checkpoint_errors)) < 0)
+                           st.checkpoint_errors)) < 0 ||
+            (err = counter(out, "recsyncd_sqlite_wal_pages",
+                           "The WAL's size in pages when the checkpointer last ran.", "gauge",
+                           st.wal_pages)) < 0)
             return err;
     }
     return counter(out, "recsyncd_backend_up", "1 when the database answered this scrape.", "gauge",

@@ -82,6 +82,7 @@ class OpsTests(unittest.TestCase):
         self.assertGreaterEqual(pages, 1000, "the checkpointer did not run:\n" + text)
         self.assertGreaterEqual(metric(text, "recsyncd_sqlite_checkpoints_total"), 1)
         self.assertEqual(metric(text, "recsyncd_sqlite_checkpoint_errors_total"), 0)
+        self.assertGreater(metric(text, "recsyncd_sqlite_wal_pages"), 0)
         self.assertGreater(os.path.getsize(self.server.db.url), 4 * 1024 * 1024)
 
     def test_unknown_routes_and_methods(self):

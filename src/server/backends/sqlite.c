@@ -8,6 +8,7 @@
  */
 #include "../backend.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -149,6 +150,7 @@ typedef struct conn {
 #define CKPT_FORCE_PAGES 16384   /* 64 MiB of 4 KiB pages */
 #define CKPT_IDLE_MS 5000        /* also checkpoint what is left after this long */
 #define WAL_SIZE_LIMIT "67108864" /* the WAL file is truncated to this after a reset */
+#define CKPT_RESTART_WAIT_MS 200 /* how long a RESTART checkpoint waits for readers */
 
 typedef struct sqlite_backend {
     rs_backend base;
@@ -161,13 +163,14 @@ typedef struct sqlite_backend {
     pthread_mutex_t write_lock;
     /* the checkpointer */
     pthread_t ckpt_thread;
+    sqlite3 *ckpt_db; /* the checkpointer's own connection */
     int ckpt_started;
     pthread_mutex_t ckpt_lock;
     pthread_cond_t ckpt_cond;
     int ckpt_wanted; /* under ckpt_lock */
     int ckpt_stop;   /* under ckpt_lock */
     atomic_int ckpt_signalled;
-    atomic_uint_fast64_t ckpt_runs, ckpt_pages, ckpt_ms, ckpt_errors;
+    atomic_uint_fast64_t ckpt_runs, ckpt_pages, ckpt_ms, ckpt_errors, ckpt_wal_pages;
 } sqlite_backend;
 
 static uint64_t now_ms(void)
@@ -1109,25 +1112,62 @@ done:
 
 /* ---- the checkpointer ---- */
 
-/* `seen` keeps the WAL's size and checkpointed frames after the last run:
- * SQLite reports totals for the WAL, the metric counts what each run added. */
-static void checkpoint(sqlite_backend *sb, sqlite3 *db, int seen[2])
+/*
+ * The WAL's identity: its header's checkpoint sequence number and salts
+ * (bytes 12-23), which change every time a writer restarts the WAL. The
+ * frame counts SQLite reports are of the current WAL; with this, a run can
+ * tell frames it copied from frames an earlier run copied in the same WAL.
+ * 0 when the WAL cannot be read (then a run counts all it reports).
+ */
+#define WAL_ID_BYTES 12
+
+static int wal_identity(uint8_t *out, const char *db_path)
 {
-    int log = 0, done = 0;
+    char path[4096];
+    int ok = 0;
+    snprintf(path, sizeof(path), "%s-wal", db_path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ok = pread(fd, out, WAL_ID_BYTES, 12) == WAL_ID_BYTES;
+    close(fd);
+    return ok;
+}
+
+typedef struct ckpt_seen {
+    uint8_t wal[WAL_ID_BYTES]; /* wal_identity at the last run */
+    int known;                 /* wal holds one */
+    int done;                  /* frames of that WAL checkpointed after the last run */
+} ckpt_seen;
+
+static void checkpoint(sqlite_backend *sb, sqlite3 *db, ckpt_seen *seen)
+{
+    int log = -1, done = -1;
     uint64_t t0 = now_ms();
+    uint8_t wal[WAL_ID_BYTES];
+    int known = wal_identity(wal, sb->path);
     atomic_store(&sb->ckpt_signalled, 0); /* commits from now on may wake it again */
     int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-    if (rc == SQLITE_OK && log >= CKPT_FORCE_PAGES && done < log)
+    if (rc == SQLITE_OK && log >= CKPT_FORCE_PAGES && done < log) {
+        /* RESTART holds the write lock while it waits for readers: briefly, so
+         * requests waiting on the lock (busy timeout) never give up behind it. */
+        sqlite3_busy_timeout(db, CKPT_RESTART_WAIT_MS);
         rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+        sqlite3_busy_timeout(db, sb->base.opts.busy_timeout_ms);
+    }
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
         atomic_fetch_add(&sb->ckpt_errors, 1);
         fprintf(stderr, "recsyncd: checkpoint of %s: %s\n", sb->path, sqlite3_errmsg(db));
         return;
     }
-    /* A WAL that restarted since the last run is smaller, or as large with fewer frames done. */
-    int fresh = log < seen[0] || done < seen[1] ? done : done - seen[1];
-    seen[0] = log;
-    seen[1] = done;
+    if (log < 0 || done < 0)
+        return; /* busy before it began: the next wake-up tries again */
+    atomic_store(&sb->ckpt_wal_pages, (uint64_t)log);
+    int same = known && seen->known && memcmp(wal, seen->wal, WAL_ID_BYTES) == 0;
+    int fresh = same ? done - seen->done : done;
+    memcpy(seen->wal, wal, WAL_ID_BYTES);
+    seen->known = known;
+    seen->done = done;
     if (fresh <= 0)
         return; /* nothing was waiting */
     atomic_fetch_add(&sb->ckpt_runs, 1);
@@ -1135,29 +1175,31 @@ static void checkpoint(sqlite_backend *sb, sqlite3 *db, int seen[2])
     atomic_fetch_add(&sb->ckpt_ms, now_ms() - t0);
 }
 
+/* Opens the checkpointer's own connection and reads the database once (a
+ * connection knows the database is in WAL mode once it has read it). */
+static int checkpointer_open(sqlite_backend *sb)
+{
+    int rc = sqlite3_open_v2(sb->path, &sb->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(sb->ckpt_db, sb->base.opts.busy_timeout_ms);
+        rc = sqlite3_exec(sb->ckpt_db, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK)
+        return rs__error(RS_EIO, "cannot open %s for checkpoints: %s", sb->path,
+                         sb->ckpt_db ? sqlite3_errmsg(sb->ckpt_db) : sqlite3_errstr(rc));
+    return 0;
+}
+
 static void *checkpointer_main(void *arg)
 {
     sqlite_backend *sb = arg;
-    sqlite3 *db = NULL;
-    int seen[2] = {0, 0};
-    if (sqlite3_open_v2(sb->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        fprintf(stderr, "recsyncd: checkpointer cannot open %s: %s\n", sb->path,
-                db ? sqlite3_errmsg(db) : "out of memory");
-        sqlite3_close(db);
-        atomic_fetch_add(&sb->ckpt_errors, 1);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, sb->base.opts.busy_timeout_ms);
-    /* A connection knows the database is in WAL mode once it has read it. */
-    if (sqlite3_exec(db, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL) != SQLITE_OK)
-        fprintf(stderr, "recsyncd: checkpointer cannot read %s: %s\n", sb->path,
-                sqlite3_errmsg(db));
+    ckpt_seen seen = {{0}, 0, 0};
     pthread_mutex_lock(&sb->ckpt_lock);
     while (!sb->ckpt_stop) {
         if (!sb->ckpt_wanted) {
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
+            clock_gettime(CLOCK_MONOTONIC, &until);
             until.tv_sec += CKPT_IDLE_MS / 1000;
             pthread_cond_timedwait(&sb->ckpt_cond, &sb->ckpt_lock, &until);
             if (sb->ckpt_stop)
@@ -1165,11 +1207,10 @@ static void *checkpointer_main(void *arg)
         }
         sb->ckpt_wanted = 0;
         pthread_mutex_unlock(&sb->ckpt_lock);
-        checkpoint(sb, db, seen);
+        checkpoint(sb, sb->ckpt_db, &seen);
         pthread_mutex_lock(&sb->ckpt_lock);
     }
     pthread_mutex_unlock(&sb->ckpt_lock);
-    sqlite3_close(db);
     return NULL;
 }
 
@@ -1194,6 +1235,7 @@ static int sqlite_stats(rs_backend *b, rs_backend_stats *out)
     out->checkpoint_pages = atomic_load(&sb->ckpt_pages);
     out->checkpoint_ms = atomic_load(&sb->ckpt_ms);
     out->checkpoint_errors = atomic_load(&sb->ckpt_errors);
+    out->wal_pages = atomic_load(&sb->ckpt_wal_pages);
 done:
     conn_put(sb, c);
     return err;
@@ -1211,6 +1253,7 @@ static void sqlite_close(rs_backend *b)
         pthread_mutex_unlock(&sb->ckpt_lock);
         pthread_join(sb->ckpt_thread, NULL);
     }
+    sqlite3_close(sb->ckpt_db);
     while (sb->idle) {
         conn *c = sb->idle;
         sb->idle = c->next;
@@ -1267,7 +1310,11 @@ int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_
     pthread_cond_init(&sb->pool_cond, NULL);
     pthread_mutex_init(&sb->write_lock, NULL);
     pthread_mutex_init(&sb->ckpt_lock, NULL);
-    pthread_cond_init(&sb->ckpt_cond, NULL);
+    pthread_condattr_t cattr;
+    pthread_condattr_init(&cattr);
+    pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&sb->ckpt_cond, &cattr);
+    pthread_condattr_destroy(&cattr);
     if ((sb->path = rs__strdup(path)) == NULL) {
         err = rs__error(RS_ENOMEM, "out of memory opening %s", path);
         goto done;
@@ -1276,6 +1323,8 @@ int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_
         goto done;
     sb->open_count = 1;
     sb->idle = c;
+    if ((err = checkpointer_open(sb)) < 0)
+        goto done;
     if (pthread_create(&sb->ckpt_thread, NULL, checkpointer_main, sb) != 0) {
         err = rs__error(RS_ERROR, "cannot start the checkpoint thread for %s", path);
         goto done;
