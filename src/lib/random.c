@@ -10,10 +10,14 @@
  * libsodium's randombytes_buf_deterministic into a block whose first 32
  * bytes replace the key at once (fast key erasure: what was handed out
  * cannot be recomputed from the state), bytes wiped from the block as they
- * are handed out, a fresh key from getrandom every RESEED_BYTES, and a
- * reseed in both parent and child after fork (pthread_atfork bumps a
- * generation every thread compares), so two processes never share output.
- * Requests larger than the block go to randombytes_buf directly.
+ * are handed out, and a fresh key from getrandom every RESEED_BYTES.
+ *
+ * Two processes must never share output. Each thread's pool lives in a
+ * page of its own marked MADV_WIPEONFORK, which the kernel hands to a child
+ * as zeros whatever made it (fork, clone, _Fork), and a zero pool is an
+ * unseeded one. pthread_atfork also bumps a generation every thread
+ * compares, which covers kernels without MADV_WIPEONFORK (before 4.14) and
+ * the parent. Requests larger than the block go to randombytes_buf directly.
  */
 #include "internal.h"
 
@@ -21,6 +25,7 @@
 #include <sodium.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define KEY_BYTES 32
 #define BLOCK_BYTES 480           /* handed out between two refills */
@@ -31,33 +36,70 @@ typedef struct pool {
     uint8_t block[BLOCK_BYTES];
     size_t left;         /* unused bytes at the end of block */
     size_t since_seed;   /* bytes handed out under keys derived from the last seed */
-    unsigned generation; /* fork generation the key was seeded in; 0: never seeded */
+    uint64_t generation; /* fork generation the key was seeded in */
+    int seeded;          /* 0: never seeded, or wiped by the kernel in a child */
 } pool;
 
-static _Thread_local pool tls;
-static atomic_uint generation = 1;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static _Thread_local pool *tls;       /* this thread's pool (its own page, or tls_fallback) */
+static _Thread_local pool tls_fallback; /* when no page can be mapped */
+static atomic_uint_fast64_t generation = 1;
+static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+static pthread_key_t pool_key;
+static int have_key;
 
 static void after_fork(void)
 {
     atomic_fetch_add(&generation, 1);
 }
 
-static void register_atfork(void)
+/* A thread's pool page, wiped and unmapped when the thread ends. */
+static void pool_release(void *page)
 {
-    /* In the parent too: a thread's pool must not have been copied into a child it keeps using. */
-    pthread_atfork(NULL, after_fork, after_fork);
+    sodium_memzero(page, sizeof(pool));
+    munmap(page, sizeof(pool));
+}
+
+static void setup(void)
+{
+    /* Registered in the parent too: its pools reseed after every fork. If
+     * registration fails, MADV_WIPEONFORK still covers the child. */
+    (void)pthread_atfork(NULL, after_fork, after_fork);
+    have_key = pthread_key_create(&pool_key, pool_release) == 0;
+}
+
+static pool *this_pool(void)
+{
+    if (tls)
+        return tls;
+    pthread_once(&setup_once, setup);
+    void *page = mmap(NULL, sizeof(pool), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+                      0);
+    if (page != MAP_FAILED) {
+#ifdef MADV_WIPEONFORK
+        (void)madvise(page, sizeof(pool), MADV_WIPEONFORK); /* else the atfork generation */
+#endif
+#ifdef MADV_DONTDUMP
+        (void)madvise(page, sizeof(pool), MADV_DONTDUMP); /* keys stay out of core files */
+#endif
+        if (have_key && pthread_setspecific(pool_key, page) == 0) {
+            tls = page;
+            return tls;
+        }
+        munmap(page, sizeof(pool));
+    }
+    tls = &tls_fallback;
+    return tls;
 }
 
 static void refill(pool *p)
 {
     uint8_t out[KEY_BYTES + BLOCK_BYTES];
-    unsigned gen = atomic_load(&generation);
-    if (p->generation != gen || p->since_seed >= RESEED_BYTES) {
-        pthread_once(&atfork_once, register_atfork);
+    uint64_t gen = atomic_load(&generation);
+    if (!p->seeded || p->generation != gen || p->since_seed >= RESEED_BYTES) {
         randombytes_buf(p->key, KEY_BYTES);
-        p->generation = atomic_load(&generation);
+        p->generation = gen;
         p->since_seed = 0;
+        p->seeded = 1;
     }
     randombytes_buf_deterministic(out, sizeof(out), p->key);
     memcpy(p->key, out, KEY_BYTES);
@@ -68,13 +110,13 @@ static void refill(pool *p)
 
 void rs__random(void *buf, size_t len)
 {
-    pool *p = &tls;
     uint8_t *dst = buf;
     if (len > BLOCK_BYTES) {
         randombytes_buf(buf, len);
         return;
     }
-    if (p->left < len || p->generation != atomic_load(&generation))
+    pool *p = this_pool();
+    if (!p->seeded || p->left < len || p->generation != atomic_load(&generation))
         refill(p);
     uint8_t *src = p->block + BLOCK_BYTES - p->left;
     memcpy(dst, src, len);

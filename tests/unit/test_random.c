@@ -1,8 +1,10 @@
 /*
  * The random pool (random.c): output that is not constant, not repeated,
  * spread over every byte value; different in two threads; and different in
- * parent and child after fork, which is what the fork generation is for.
+ * parent and child after fork (the fork generation), and in a child made
+ * without fork's handlers (the pool's MADV_WIPEONFORK page).
  */
+#define _GNU_SOURCE /* _Fork */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -99,6 +101,35 @@ static void parent_and_child_differ_after_fork(void **state)
     assert_memory_not_equal(mine, theirs, sizeof(mine));
 }
 
+/*
+ * _Fork makes a child without running pthread_atfork handlers, as a raw
+ * clone does: only the pool's MADV_WIPEONFORK page tells the child to
+ * reseed.
+ */
+static void a_child_made_without_atfork_handlers_differs_too(void **state)
+{
+    uint8_t mine[32], theirs[32];
+    int fds[2];
+    (void)state;
+    rs__random(mine, 8);
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = _Fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uint8_t b[32];
+        rs__random(b, sizeof(b));
+        _exit(write(fds[1], b, sizeof(b)) == (ssize_t)sizeof(b) ? 0 : 1);
+    }
+    rs__random(mine, sizeof(mine));
+    close(fds[1]);
+    assert_int_equal(read(fds[0], theirs, sizeof(theirs)), (ssize_t)sizeof(theirs));
+    close(fds[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_memory_not_equal(mine, theirs, sizeof(mine));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -106,6 +137,7 @@ int main(void)
         cmocka_unit_test(sizes_from_one_byte_to_past_the_block),
         cmocka_unit_test(threads_draw_different_bytes),
         cmocka_unit_test(parent_and_child_differ_after_fork),
+        cmocka_unit_test(a_child_made_without_atfork_handlers_differs_too),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
