@@ -77,14 +77,14 @@ static void threads_draw_different_bytes(void **state)
     assert_memory_not_equal(a, b, sizeof(a));
 }
 
-static void parent_and_child_differ_after_fork(void **state)
+/* Draws 32 bytes in a child made by `make_child` and in the parent after it; they must differ. */
+static void expect_child_and_parent_differ(pid_t (*make_child)(void))
 {
     uint8_t mine[32], theirs[32];
     int fds[2];
-    (void)state;
     rs__random(mine, 8); /* the pool is seeded and holds unused bytes */
     assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
+    pid_t pid = make_child();
     assert_true(pid >= 0);
     if (pid == 0) {
         uint8_t b[32];
@@ -101,6 +101,12 @@ static void parent_and_child_differ_after_fork(void **state)
     assert_memory_not_equal(mine, theirs, sizeof(mine));
 }
 
+static void parent_and_child_differ_after_fork(void **state)
+{
+    (void)state;
+    expect_child_and_parent_differ(fork);
+}
+
 /*
  * _Fork makes a child without running pthread_atfork handlers, as a raw
  * clone does: only the pool's MADV_WIPEONFORK page tells the child to
@@ -108,26 +114,8 @@ static void parent_and_child_differ_after_fork(void **state)
  */
 static void a_child_made_without_atfork_handlers_differs_too(void **state)
 {
-    uint8_t mine[32], theirs[32];
-    int fds[2];
     (void)state;
-    rs__random(mine, 8);
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = _Fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        uint8_t b[32];
-        rs__random(b, sizeof(b));
-        _exit(write(fds[1], b, sizeof(b)) == (ssize_t)sizeof(b) ? 0 : 1);
-    }
-    rs__random(mine, sizeof(mine));
-    close(fds[1]);
-    assert_int_equal(read(fds[0], theirs, sizeof(theirs)), (ssize_t)sizeof(theirs));
-    close(fds[0]);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    assert_memory_not_equal(mine, theirs, sizeof(mine));
+    expect_child_and_parent_differ(_Fork);
 }
 
 int main(void)
