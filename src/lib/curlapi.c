@@ -14,36 +14,34 @@
 rs__curl_api rs__curl;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static int load_err;          /* 0, or the RS_E* code of the failure */
-static char load_msg[512];    /* its message, repeated to every later caller */
+static int load_err;       /* 0, or the RS_E* code of the failure */
+static char load_msg[512]; /* its message, repeated to every later caller */
 static volatile int loaded;
 
 /* The sonames libcurl's ABI 4 ships under on Debian: the OpenSSL build
  * (libcurl4) and the GnuTLS one (libcurl3-gnutls). */
 static const char *const sonames[] = {"libcurl.so.4", "libcurl-gnutls.so.4"};
 
-#define SYM(field, name) {offsetof(rs__curl_api, field), name}
-
 static const struct {
     size_t offset;
     const char *name;
 } syms[] = {
-    SYM(global_init, "curl_global_init"),
-    SYM(easy_init, "curl_easy_init"),
-    SYM(easy_setopt, "curl_easy_setopt"),
-    SYM(easy_perform, "curl_easy_perform"),
-    SYM(easy_getinfo, "curl_easy_getinfo"),
-    SYM(easy_cleanup, "curl_easy_cleanup"),
-    SYM(easy_strerror, "curl_easy_strerror"),
-    SYM(slist_append, "curl_slist_append"),
-    SYM(slist_free_all, "curl_slist_free_all"),
-    SYM(multi_init, "curl_multi_init"),
-    SYM(multi_add_handle, "curl_multi_add_handle"),
-    SYM(multi_remove_handle, "curl_multi_remove_handle"),
-    SYM(multi_perform, "curl_multi_perform"),
-    SYM(multi_poll, "curl_multi_poll"),
-    SYM(multi_info_read, "curl_multi_info_read"),
-    SYM(multi_cleanup, "curl_multi_cleanup"),
+    {offsetof(rs__curl_api, global_init), "curl_global_init"},
+    {offsetof(rs__curl_api, easy_init), "curl_easy_init"},
+    {offsetof(rs__curl_api, easy_setopt), "curl_easy_setopt"},
+    {offsetof(rs__curl_api, easy_perform), "curl_easy_perform"},
+    {offsetof(rs__curl_api, easy_getinfo), "curl_easy_getinfo"},
+    {offsetof(rs__curl_api, easy_cleanup), "curl_easy_cleanup"},
+    {offsetof(rs__curl_api, easy_strerror), "curl_easy_strerror"},
+    {offsetof(rs__curl_api, slist_append), "curl_slist_append"},
+    {offsetof(rs__curl_api, slist_free_all), "curl_slist_free_all"},
+    {offsetof(rs__curl_api, multi_init), "curl_multi_init"},
+    {offsetof(rs__curl_api, multi_add_handle), "curl_multi_add_handle"},
+    {offsetof(rs__curl_api, multi_remove_handle), "curl_multi_remove_handle"},
+    {offsetof(rs__curl_api, multi_perform), "curl_multi_perform"},
+    {offsetof(rs__curl_api, multi_poll), "curl_multi_poll"},
+    {offsetof(rs__curl_api, multi_info_read), "curl_multi_info_read"},
+    {offsetof(rs__curl_api, multi_cleanup), "curl_multi_cleanup"},
 };
 
 static void load_once(void)

@@ -28,8 +28,8 @@
 #include <sys/mman.h>
 
 #define KEY_BYTES 32
-#define BLOCK_BYTES 480           /* handed out between two refills */
-#define RESEED_BYTES (1u << 20)   /* fresh entropy from the kernel this often */
+#define BLOCK_BYTES 480         /* handed out between two refills */
+#define RESEED_BYTES (1u << 20) /* fresh entropy from the kernel this often */
 
 typedef struct pool {
     uint8_t key[KEY_BYTES];
@@ -40,7 +40,7 @@ typedef struct pool {
     int seeded;          /* 0: never seeded, or wiped by the kernel in a child */
 } pool;
 
-static _Thread_local pool *tls;       /* this thread's pool (its own page, or tls_fallback) */
+static _Thread_local pool *tls;         /* this thread's pool (its own page, or tls_fallback) */
 static _Thread_local pool tls_fallback; /* when no page can be mapped */
 static atomic_uint_fast64_t generation = 1;
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
@@ -72,8 +72,8 @@ static pool *this_pool(void)
     if (tls)
         return tls;
     pthread_once(&setup_once, setup);
-    void *page = mmap(NULL, sizeof(pool), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-                      0);
+    void *page =
+        mmap(NULL, sizeof(pool), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (page != MAP_FAILED) {
 #ifdef MADV_WIPEONFORK
         (void)madvise(page, sizeof(pool), MADV_WIPEONFORK); /* else the atfork generation */

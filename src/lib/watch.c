@@ -526,8 +526,8 @@ static int stream_open(watch *w)
     rs__curl_long(w->stream, CURLOPT_TCP_NODELAY, 1L);
     rs__curl_long(w->stream, CURLOPT_TCP_KEEPALIVE, 1L);
     rs__curl_long(w->stream, CURLOPT_CONNECTTIMEOUT_MS,
-                     w->opts.sync.connect_timeout_ms > 0 ? w->opts.sync.connect_timeout_ms
-                                                         : RS_CLIENT_DEFAULT_CONNECT_MS);
+                  w->opts.sync.connect_timeout_ms > 0 ? w->opts.sync.connect_timeout_ms
+                                                      : RS_CLIENT_DEFAULT_CONNECT_MS);
 #if LIBCURL_VERSION_NUM >= 0x075500
     rs__curl_ptr(w->stream, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif

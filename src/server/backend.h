@@ -133,11 +133,11 @@ typedef struct rs_backend_stats {
     uint64_t events; /* events retained */
     /* SQLite: its checkpointer thread (checkpointer = 1 when it runs one). */
     uint64_t checkpointer;
-    uint64_t checkpoints;        /* checkpoints run */
-    uint64_t checkpoint_pages;   /* WAL pages copied into the database */
-    uint64_t checkpoint_ms;      /* time spent in them */
-    uint64_t checkpoint_errors;  /* checkpoints that failed (retried later) */
-    uint64_t wal_pages;          /* the WAL's size in pages at the last checkpoint */
+    uint64_t checkpoints;       /* checkpoints run */
+    uint64_t checkpoint_pages;  /* WAL pages copied into the database */
+    uint64_t checkpoint_ms;     /* time spent in them */
+    uint64_t checkpoint_errors; /* checkpoints that failed (retried later) */
+    uint64_t wal_pages;         /* the WAL's size in pages at the last checkpoint */
 } rs_backend_stats;
 
 typedef struct rs_backend_ops {

@@ -146,11 +146,11 @@ typedef struct conn {
  * checkpoint from finishing, it runs a RESTART checkpoint (bounded by the
  * busy timeout) so the WAL cannot grow without bound.
  */
-#define CKPT_PAGES 1000          /* SQLite's own automatic checkpoint threshold */
-#define CKPT_FORCE_PAGES 16384   /* 64 MiB of 4 KiB pages */
-#define CKPT_IDLE_MS 5000        /* also checkpoint what is left after this long */
+#define CKPT_PAGES 1000           /* SQLite's own automatic checkpoint threshold */
+#define CKPT_FORCE_PAGES 16384    /* 64 MiB of 4 KiB pages */
+#define CKPT_IDLE_MS 5000         /* also checkpoint what is left after this long */
 #define WAL_SIZE_LIMIT "67108864" /* the WAL file is truncated to this after a reset */
-#define CKPT_RESTART_WAIT_MS 200 /* how long a RESTART checkpoint waits for readers */
+#define CKPT_RESTART_WAIT_MS 200  /* how long a RESTART checkpoint waits for readers */
 
 typedef struct sqlite_backend {
     rs_backend base;
@@ -1179,8 +1179,8 @@ static void checkpoint(sqlite_backend *sb, sqlite3 *db, ckpt_seen *seen)
  * connection knows the database is in WAL mode once it has read it). */
 static int checkpointer_open(sqlite_backend *sb)
 {
-    int rc = sqlite3_open_v2(sb->path, &sb->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
+    int rc =
+        sqlite3_open_v2(sb->path, &sb->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(sb->ckpt_db, sb->base.opts.busy_timeout_ms);
         rc = sqlite3_exec(sb->ckpt_db, "SELECT count(*) FROM sqlite_schema", NULL, NULL, NULL);
