@@ -49,6 +49,21 @@ typedef struct rs_sync_shard {
     uint64_t downloaded;
 } rs_sync_shard;
 
+/*
+ * A shard a sync held back: something about that shard alone (a record that
+ * does not open, a clock too far ahead, a page the server got wrong, an
+ * upload the server refused) stopped it at `idx`, while every other shard
+ * synced. It is tried again by the next sync.
+ */
+typedef struct rs_sync_held {
+    rs_uuid host;
+    char tag[RS_TAG_MAX + 1];
+    int upload;       /* 1: this device's records were not uploaded from idx; 0: a download */
+    uint64_t idx;     /* the first idx not synced */
+    int code;         /* the RS_E* code of the reason */
+    char reason[600]; /* what is wrong, and how to repair it where it can be */
+} rs_sync_held;
+
 typedef struct rs_sync_report {
     rs_sync_outcome outcome;
     uint64_t uploaded;
@@ -57,6 +72,8 @@ typedef struct rs_sync_report {
     size_t count;
     uint64_t seq; /* the server's seq after the sync */
     uint64_t elapsed_ms;
+    rs_sync_held *held; /* the shards held back: a partial sync when held_count > 0 */
+    size_t held_count;
 } rs_sync_report;
 
 /* Progress of a long sync: records done of records to move. */
@@ -88,9 +105,45 @@ typedef struct rs_sync_opts {
  * (free with rs_sync_report_free) and the store keeps it for rs_sync_last_get;
  * on failure nothing but the pages already applied is written. `opts` may
  * be NULL.
+ *
+ * A failure that concerns one shard alone holds that shard back and the
+ * others sync: the call returns 0 with the shard, its position and the
+ * reason in report->held (a partial sync). This device's records are
+ * opened before they are uploaded, so a record damaged in the store is
+ * never sent: its shard is uploaded up to it and held back from it.
+ * Failures of the network, the account, the key or the local store stop
+ * the whole sync and return their code.
  */
 int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts);
 void rs_sync_report_free(rs_sync_report *report);
+
+/* What rs_repair found and did. */
+typedef struct rs_repair_report {
+    uint64_t records;    /* records looked at */
+    uint64_t damaged;    /* records that did not open (their bytes were altered) */
+    uint64_t restored;   /* this device's records restored from the server's copy */
+    uint64_t cut;        /* other devices' shards cut back below a damaged record */
+    uint64_t dropped;    /* this device's records the server never received: lost */
+    uint64_t resealed;   /* records after a lost one, sealed again one position lower */
+    uint64_t unrepaired; /* damaged records left as they are (each named) */
+} rs_repair_report;
+
+/*
+ * Repairs records damaged in the store (those rs_store_verify names as not
+ * opening). Another device's damaged record: its shard is cut back below it
+ * and the next sync downloads the rest again. This device's: restored from
+ * the server's copy when that is the same record and opens; when the server
+ * never received it, its content is lost everywhere, so it is dropped and
+ * the shard's later records (none of which left this device) are sealed
+ * again one position lower, keeping their ids and clocks. States of the
+ * tags touched are rebuilt. One transaction: on failure nothing changes.
+ * Needs the server only for this device's own damaged records (RS_ENET
+ * and the like when it cannot be reached: nothing is dropped without its
+ * word). `on_step` (may be NULL) hears each thing done or left, with a
+ * negative code for what could not be repaired; that makes the call
+ * return RS_ECRYPTO after committing the rest. `out` may be NULL.
+ */
+int rs_repair(rs_repair_report *out, rs_store *store, rs_problem_cb on_step, void *payload);
 
 /* The server's index, as of now, with the default timeouts. */
 int rs_remote_index(rs_index **out, rs_store *store);

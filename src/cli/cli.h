@@ -13,6 +13,7 @@
 #define EXIT_OK 0
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
+#define EXIT_PARTIAL 3 /* sync: some shards were held back, the others synced */
 
 typedef struct cli {
     const char *dir; /* store directory: --dir, $RECSYNC_DIR, or the XDG data dir */
@@ -64,5 +65,6 @@ int cmd_login(cli *c, int argc, char **argv);
 int cmd_sync(cli *c, int argc, char **argv);
 int cmd_status(cli *c, int argc, char **argv);
 int cmd_watch(cli *c, int argc, char **argv);
+int cmd_repair(cli *c, int argc, char **argv);
 
 #endif

@@ -184,6 +184,33 @@ static void draw_progress(uint64_t done, uint64_t total, void *payload)
     b->drawn = true;
 }
 
+/* The wire-style name of why a shard was held back, for scripts. */
+static const char *held_name(int code)
+{
+    switch (code) {
+    case RS_ECRYPTO:
+        return "damaged";
+    case RS_EKEY:
+        return "wrong_key";
+    case RS_ECLOCK:
+        return "clock";
+    case RS_EHOLE:
+        return "hole";
+    case RS_ETOOBIG:
+        return "too_big";
+    case RS_EVERSION:
+        return "version";
+    case RS_EQUOTA:
+        return "quota_exceeded";
+    case RS_EGONE:
+        return "snapshot_required";
+    case RS_ENOTFOUND:
+        return "not_found";
+    default:
+        return "server";
+    }
+}
+
 static void print_report_json(const rs_sync_report *r)
 {
     char host[RS_UUID_STRLEN + 1];
@@ -197,17 +224,47 @@ static void print_report_json(const rs_sync_report *r)
                i ? ", " : "", host, s->tag, (unsigned long long)s->uploaded,
                (unsigned long long)s->downloaded);
     }
-    printf("], \"seq\": %llu, \"elapsed_ms\": %llu}\n", (unsigned long long)r->seq,
-           (unsigned long long)r->elapsed_ms);
+    printf("], \"seq\": %llu, \"elapsed_ms\": %llu, \"partial\": %s, \"held\": [",
+           (unsigned long long)r->seq, (unsigned long long)r->elapsed_ms,
+           r->held_count ? "true" : "false");
+    for (size_t i = 0; i < r->held_count; i++) {
+        const rs_sync_held *h = &r->held[i];
+        rs_uuid_format(host, &h->host);
+        printf("%s{\"host\": \"%s\", \"tag\": \"%s\", \"direction\": \"%s\", \"idx\": %llu, "
+               "\"error\": \"%s\", \"message\": ",
+               i ? ", " : "", host, h->tag, h->upload ? "upload" : "download",
+               (unsigned long long)h->idx, held_name(h->code));
+        cli_json_string(stdout, h->reason);
+        printf("}");
+    }
+    printf("]}\n");
+}
+
+/* The shards held back, on stderr: the sync was partial. */
+static void print_held(const rs_sync_report *r)
+{
+    char host[RS_UUID_STRLEN + 1];
+    for (size_t i = 0; i < r->held_count; i++) {
+        const rs_sync_held *h = &r->held[i];
+        rs_uuid_format(host, &h->host);
+        fprintf(stderr, "recsync: sync: held back %s of shard %s/%s from idx %llu (%s): %s\n",
+                h->upload ? "the upload" : "the download", host, h->tag, (unsigned long long)h->idx,
+                held_name(h->code), h->reason);
+    }
+    if (r->held_count)
+        fprintf(stderr,
+                "recsync: sync: partial: %zu shard%s held back, every other shard synced; the "
+                "next sync tries %s again\n",
+                r->held_count, r->held_count == 1 ? "" : "s", r->held_count == 1 ? "it" : "them");
 }
 
 static void print_report(const rs_sync_report *r, const rs_uuid *self)
 {
     char host[RS_UUID_STRLEN + 1];
-    printf("%s: uploaded %llu, downloaded %llu records in %llu ms (server seq %llu)\n",
-           rs_sync_outcome_name(r->outcome), (unsigned long long)r->uploaded,
-           (unsigned long long)r->downloaded, (unsigned long long)r->elapsed_ms,
-           (unsigned long long)r->seq);
+    printf("%s%s: uploaded %llu, downloaded %llu records in %llu ms (server seq %llu)\n",
+           rs_sync_outcome_name(r->outcome), r->held_count ? " (partial)" : "",
+           (unsigned long long)r->uploaded, (unsigned long long)r->downloaded,
+           (unsigned long long)r->elapsed_ms, (unsigned long long)r->seq);
     for (size_t i = 0; i < r->count; i++) {
         const rs_sync_shard *s = &r->shards[i];
         rs_uuid_format(host, &s->host);
@@ -225,7 +282,10 @@ int cmd_sync(cli *c, int argc, char **argv)
         "usage: recsync [--dir DIR] sync [--json] [--page-records N]\n"
         "Uploads this device's new records and downloads the others', in pages of N\n"
         "records (default 2000), and prints the outcome: noop, pull, push or merge,\n"
-        "with counts per shard. --json prints one object for scripts.\n";
+        "with counts per shard. --json prints one object for scripts.\n"
+        "A shard that cannot be synced (a damaged record, a clock too far ahead, a\n"
+        "page the server got wrong) is held back and named on stderr, and \"held\"\n"
+        "in --json; every other shard syncs, and the exit status is 3 (partial).\n";
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
                                          {"page-records", required_argument, NULL, 'p'},
                                          {"help", no_argument, NULL, 'h'},
@@ -268,13 +328,61 @@ int cmd_sync(cli *c, int argc, char **argv)
         fputs("\r\033[K", stderr);
     if (err < 0) {
         rc = cli_fail("sync", err);
-    } else if (json) {
-        print_report_json(report);
     } else {
-        rs_store_host(&self, store);
-        print_report(report, &self);
+        if (json) {
+            print_report_json(report);
+        } else {
+            rs_store_host(&self, store);
+            print_report(report, &self);
+        }
+        fflush(stdout);
+        print_held(report);
+        if (report->held_count)
+            rc = EXIT_PARTIAL;
     }
     rs_sync_report_free(report);
+    rs_store_free(store);
+    return rc;
+}
+
+/* ---- repair ---- */
+
+static void print_step(int code, const char *message, void *payload)
+{
+    (void)payload;
+    fprintf(code < 0 ? stderr : stdout, "%s%s\n", code < 0 ? "recsync: repair: " : "  ", message);
+}
+
+int cmd_repair(cli *c, int argc, char **argv)
+{
+    static const char usage[] =
+        "usage: recsync [--dir DIR] repair\n"
+        "Repairs records damaged in the store (those 'verify' names as not opening):\n"
+        "another device's are downloaded again by the next sync; this device's are\n"
+        "restored from the server's copy, or, if the server never received one, it is\n"
+        "dropped (its content is lost) and the shard's later records are sealed again\n"
+        "one position lower. Needs the server when this device's records are damaged.\n";
+    rs_store *store = NULL;
+    rs_repair_report r;
+    int err, rc = EXIT_OK;
+
+    if (cli_help(usage, argc, argv))
+        return EXIT_OK;
+    if (argc != 1)
+        return cli_usage(usage, "repair takes no arguments");
+    if (cli_open(&store, c) != 0)
+        return EXIT_FAIL;
+    err = rs_repair(&r, store, print_step, NULL);
+    if (err < 0)
+        rc = cli_fail("repair", err);
+    else if (r.damaged == 0)
+        printf("ok: %llu records open; nothing to repair\n", (unsigned long long)r.records);
+    else
+        printf("repaired %llu damaged records: %llu restored from the server, %llu shards cut "
+               "back to download again, %llu lost and dropped, %llu sealed again\n",
+               (unsigned long long)r.damaged, (unsigned long long)r.restored,
+               (unsigned long long)r.cut, (unsigned long long)r.dropped,
+               (unsigned long long)r.resealed);
     rs_store_free(store);
     return rc;
 }

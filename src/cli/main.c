@@ -24,11 +24,12 @@ static const char usage_text[] =
     "  sync [--json]               sync with the server\n"
     "  status [--json]             shards, local against remote\n"
     "  verify                      open every record, check every shard\n"
+    "  repair                      repair records damaged in the store\n"
     "  rebuild [TAG]               rebuild materialized state from records\n"
     "  watch [--json]              live sync until interrupted\n"
     "\n"
     "DIR defaults to $RECSYNC_DIR, else $XDG_DATA_HOME/recsync (~/.local/share/recsync).\n"
-    "Exit status: 0 success, 1 failure, 2 usage error.\n";
+    "Exit status: 0 success, 1 failure, 2 usage error, 3 partial sync.\n";
 
 typedef struct command {
     const char *name;
@@ -40,7 +41,7 @@ static const command commands[] = {
     {"log", cmd_log},         {"cat", cmd_cat},           {"verify", cmd_verify},
     {"rebuild", cmd_rebuild}, {"register", cmd_register}, {"login", cmd_login},
     {"sync", cmd_sync},       {"status", cmd_status},     {"kv", cmd_kv},
-    {"history", cmd_history}, {"watch", cmd_watch},
+    {"history", cmd_history}, {"watch", cmd_watch},       {"repair", cmd_repair},
 };
 
 int cli_fail(const char *what, int err)

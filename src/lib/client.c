@@ -200,6 +200,8 @@ static int http_error(rs_client *c, long status, const char *method, const char 
         code = RS_EGONE;
     else if (status == 503)
         code = RS_EUNAVAIL;
+    else if (status == 507)
+        code = RS_EQUOTA;
     else if (status >= 500)
         code = RS_ESERVER;
     else if (named)

@@ -41,6 +41,7 @@ const char *rs__client_url(const rs_client *client);
  *   409                                       RS_ECONFLICT, RS_EEXISTS or RS_EHOLE
  *   410                                       RS_EGONE
  *   503                                       RS_EUNAVAIL
+ *   507                                       RS_EQUOTA
  *   other 5xx, a body over the bound          RS_ESERVER
  *   other 4xx                                 the code the server's error names
  * With `retry`, a request whose connection broke after it was sent (a lost
@@ -52,5 +53,20 @@ int rs__client_request(const rs_buf **out, long *status, rs_client *client, cons
 
 /* Changes the total timeout of later requests (0: the default). */
 void rs__client_set_timeout(rs_client *client, long timeout_ms);
+
+/* From sync.c, for the other users of a store's server (repair.c). */
+
+/* A client for the store's server and token. RS_EAUTH when it has none. */
+int rs__store_client(rs_client **out, rs_store *store, const rs_client_opts *opts);
+
+/* The server's index (GET /api/v1/index); RS_ESERVER if it does not parse. */
+int rs__fetch_index(rs_index **out, rs_client *client);
+
+/*
+ * The server's record at `idx` of shard (host, tag) into one->records[0],
+ * checked to be that shard and idx (RS_ESERVER otherwise).
+ */
+int rs__fetch_record(rs_wire_batch *one, rs_client *client, const rs_uuid *host, const char *tag,
+                     uint64_t idx);
 
 #endif

@@ -57,6 +57,8 @@ const char *rs_strerror(int code)
         return "interrupted";
     case RS_EUNAVAIL:
         return "server temporarily unavailable";
+    case RS_EQUOTA:
+        return "storage quota exceeded";
     default:
         return "unknown error";
     }

@@ -143,7 +143,7 @@ int rs_login(rs_store *store, const char *url, const char *username, const char 
 }
 
 /* A client for the store's server and token. RS_EAUTH when it has none. */
-static int store_client(rs_client **out, rs_store *store, const rs_client_opts *opts)
+int rs__store_client(rs_client **out, rs_store *store, const rs_client_opts *opts)
 {
     char *url = NULL, *token = NULL;
     int err;
@@ -166,7 +166,7 @@ static int store_client(rs_client **out, rs_store *store, const rs_client_opts *
     return err;
 }
 
-static int fetch_index(rs_index **out, rs_client *client)
+int rs__fetch_index(rs_index **out, rs_client *client)
 {
     const rs_buf *resp;
     int err = rs__client_request(&resp, NULL, client, "/api/v1/index", NULL, 0, 1);
@@ -187,9 +187,9 @@ int rs_remote_index_timeout(rs_index **out, rs_store *store, long timeout_ms)
         opts.timeout_ms = timeout_ms;
         opts.connect_timeout_ms = timeout_ms;
     }
-    if ((err = store_client(&client, store, &opts)) < 0)
+    if ((err = rs__store_client(&client, store, &opts)) < 0)
         return err;
-    err = fetch_index(out, client);
+    err = rs__fetch_index(out, client);
     rs__client_free(client);
     return err;
 }
@@ -322,6 +322,13 @@ static uint64_t pl_done(pipeline *pl)
 
 /* ---- sync state ---- */
 
+/* Why a diff op was held back (see hold): code is 0 until it is. */
+typedef struct held_op {
+    int code;
+    uint64_t idx;
+    char reason[600];
+} held_op;
+
 typedef struct sync_ctx {
     rs_store *store;
     rs_client *client;
@@ -334,7 +341,61 @@ typedef struct sync_ctx {
     uint64_t seq;      /* the highest seq the server reported */
     int key_checked;   /* a record of the server opened under the store's key */
     rs_wire_batch one; /* single-record fetches of the checks */
+    held_op *held;     /* per diff op: why it was held back, if it was */
+    pthread_mutex_t held_mu;
 } sync_ctx;
+
+/*
+ * Whether a failure concerns one shard only, so that shard is held back and
+ * the sync goes on with the others: its records do not open or are
+ * damaged, its clock is refused, the server's page for it is wrong or it
+ * refused this shard's upload. Anything else (the network, the account,
+ * the local disk) stops the whole sync.
+ */
+static int shard_local(int code)
+{
+    switch (code) {
+    case RS_ESERVER:
+    case RS_ECRYPTO:
+    case RS_EKEY:
+    case RS_ECLOCK:
+    case RS_EHOLE:
+    case RS_ETOOBIG:
+    case RS_EVERSION:
+    case RS_EQUOTA:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * Holds diff op `op` back from idx `idx` for `code`, whose message is this
+ * thread's rs_error_last(). The first reason given for an op is kept. Safe
+ * from either thread of a pipeline.
+ */
+static void hold(sync_ctx *ctx, size_t op, int code, uint64_t idx)
+{
+    pthread_mutex_lock(&ctx->held_mu);
+    held_op *h = &ctx->held[op];
+    if (__atomic_load_n(&h->code, __ATOMIC_ACQUIRE) == 0) {
+        h->idx = idx;
+        snprintf(h->reason, sizeof(h->reason), "%s", rs_error_last());
+        __atomic_store_n(&h->code, code, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&ctx->held_mu);
+}
+
+static int is_held(const sync_ctx *ctx, size_t op)
+{
+    return __atomic_load_n(&ctx->held[op].code, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* Whether op is held back at or below `idx`: a page from idx must not be moved. */
+static int held_from(const sync_ctx *ctx, size_t op, uint64_t idx)
+{
+    return is_held(ctx, op) && idx >= ctx->held[op].idx;
+}
 
 static void progress(sync_ctx *ctx, uint64_t done)
 {
@@ -387,19 +448,25 @@ static int check_page(const rs_wire_batch *batch, const rs_uuid *host, const cha
                      batch->count);
 }
 
-/* Fetches the server's record at `idx` of shard (host, tag) into ctx->one. */
-static int fetch_one(sync_ctx *ctx, const rs_uuid *host, const char *tag, uint64_t idx)
+int rs__fetch_record(rs_wire_batch *one, rs_client *client, const rs_uuid *host, const char *tag,
+                     uint64_t idx)
 {
     char path[256];
     const rs_buf *resp;
     int err;
     if ((err = records_path(path, sizeof(path), host, tag, idx, 1)) < 0 ||
-        (err = rs__client_request(&resp, NULL, ctx->client, path, NULL, 0, 1)) < 0)
+        (err = rs__client_request(&resp, NULL, client, path, NULL, 0, 1)) < 0)
         return err;
-    if ((err = rs_wire_decode_records(&ctx->one, resp->ptr, resp->len, RS_WIRE_PAGE, 0)) < 0)
+    if ((err = rs_wire_decode_records(one, resp->ptr, resp->len, RS_WIRE_PAGE, 0)) < 0)
         return rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s",
-                         rs__client_url(ctx->client), rs_error_last());
-    return check_page(&ctx->one, host, tag, idx, 1, rs__client_url(ctx->client));
+                         rs__client_url(client), rs_error_last());
+    return check_page(one, host, tag, idx, 1, rs__client_url(client));
+}
+
+/* Fetches the server's record at `idx` of shard (host, tag) into ctx->one. */
+static int fetch_one(sync_ctx *ctx, const rs_uuid *host, const char *tag, uint64_t idx)
+{
+    return rs__fetch_record(&ctx->one, ctx->client, host, tag, idx);
 }
 
 /* The refusal of a sync whose store has another key than the server's records. */
@@ -424,6 +491,39 @@ static int check_key(sync_ctx *ctx)
         return rs__error(err, "refusing to sync with %s: a record on the server does not open: %s",
                          rs__client_url(ctx->client), rs_error_last());
     return 0;
+}
+
+/*
+ * Unless a record of the server already opened under the store's key in
+ * this sync or the last one against this account, opens the last record
+ * of another device's shard, trying each such shard until one opens, so a
+ * store with the wrong key never uploads what no other device could read.
+ * RS_EKEY when a record is under another key; the first failure when no
+ * record opens at all; 0 when the server holds no other device's records.
+ */
+static int confirm_key(sync_ctx *ctx, const rs_index *remote)
+{
+    int err, first = 0;
+    char first_msg[600] = "";
+    if (ctx->key_checked)
+        return 0;
+    for (size_t i = 0; remote && i < remote->count; i++) {
+        const rs_shard *rs = &remote->shards[i];
+        if (rs_uuid_cmp(&rs->host, &ctx->self) == 0 || rs->end <= rs->start)
+            continue;
+        if ((err = fetch_one(ctx, &rs->host, rs->tag, rs->end - 1)) == 0 &&
+            (err = check_key(ctx)) == 0) {
+            ctx->key_checked = 1;
+            return 0;
+        }
+        if (err == RS_EKEY || !shard_local(err))
+            return err;
+        if (first == 0) {
+            first = err;
+            snprintf(first_msg, sizeof(first_msg), "%s", rs_error_last());
+        }
+    }
+    return first ? rs__error(first, "%s", first_msg) : 0;
 }
 
 typedef struct local_match {
@@ -484,25 +584,17 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
         const rs_shard *rs = find_shard(remote, &op->host, op->tag);
         if (rs && rs->start > op->from) {
             rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
-            return rs__error(RS_EHOLE,
-                             "shard %s on server %s starts at idx %llu (older records were "
-                             "pruned) but this store ends at %llu: the records between are gone",
-                             shard, rs__client_url(ctx->client), (unsigned long long)rs->start,
-                             (unsigned long long)op->from);
+            hold(ctx, i,
+                 rs__error(RS_EHOLE,
+                           "shard %s on server %s starts at idx %llu (older records were "
+                           "pruned) but this store ends at %llu: the records between are gone",
+                           shard, rs__client_url(ctx->client), (unsigned long long)rs->start,
+                           (unsigned long long)op->from),
+                 op->from);
         }
     }
-    if (uploads && !downloads && !ctx->key_checked) {
-        for (size_t i = 0; remote && i < remote->count; i++) {
-            const rs_shard *rs = &remote->shards[i];
-            if (rs_uuid_cmp(&rs->host, &ctx->self) == 0 || rs->end <= rs->start)
-                continue;
-            if ((err = fetch_one(ctx, &rs->host, rs->tag, rs->end - 1)) < 0 ||
-                (err = check_key(ctx)) < 0)
-                return err;
-            ctx->key_checked = 1;
-            break;
-        }
-    }
+    if (uploads && !downloads && (err = confirm_key(ctx, remote)) < 0)
+        return err;
     for (size_t i = 0; local && i < local->count; i++) {
         const rs_shard *ls = &local->shards[i], *rs, *before;
         local_match m = {0};
@@ -553,6 +645,8 @@ typedef struct up_job {
     size_t cur_index;
     size_t op;
     uint64_t expect;
+    uint8_t *plain; /* scratch for opening each record before it is sent */
+    size_t plain_cap;
 } up_job;
 
 static void *up_worker(void *arg)
@@ -567,6 +661,11 @@ static void *up_worker(void *arg)
         const rs_diff_op *op = &ctx->diff->ops[slot->op];
         const rs_buf *resp;
         uint64_t accepted = 0, inserted = 0, seq = 0;
+        if (held_from(ctx, slot->op, slot->first)) {
+            /* A page from where the shard was held back: it waits for the next sync. */
+            pl_put_free(&job->pl, s, 0);
+            continue;
+        }
         int err = rs__client_request(&resp, NULL, ctx->client, "/api/v1/records", slot->body.ptr,
                                      slot->body.len, 1);
         if (err == 0 && (err = rs_wire_upload_result_decode(&accepted, &inserted, &seq, resp->ptr,
@@ -580,6 +679,16 @@ static void *up_worker(void *arg)
                             "server %s accepted %llu of the %zu records of shard %s from idx %llu",
                             rs__client_url(ctx->client), (unsigned long long)accepted, slot->count,
                             shard, (unsigned long long)slot->first);
+        }
+        if (err < 0 && shard_local(err) && accepted == 0) {
+            char shard[SHARD_NAME];
+            rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
+            hold(ctx, slot->op,
+                 rs__error(err, "the upload of shard %s from idx %llu was refused: %s", shard,
+                           (unsigned long long)slot->first, rs_error_last()),
+                 slot->first);
+            pl_put_free(&job->pl, s, 0);
+            continue;
         }
         if (err < 0) {
             pl_fail(&job->pl, err);
@@ -606,12 +715,52 @@ static int up_flush(up_job *job)
     return 0;
 }
 
+/*
+ * Opens this device's record `rec` before it is sent: a record that does not
+ * open (damaged in the store) would be refused by every other device and,
+ * once on the server, could never be replaced. Holds the op back from it
+ * and returns 1 (stop) in that case.
+ */
+static int up_check(up_job *job, const rs_record *rec)
+{
+    sync_ctx *ctx = job->ctx;
+    char shard[SHARD_NAME];
+    size_t need = rec->data_len > RS_ENVELOPE_OVERHEAD ? rec->data_len - RS_ENVELOPE_OVERHEAD : 1;
+    int err;
+
+    if (need > job->plain_cap) {
+        uint8_t *grown = rs__realloc(job->plain, need);
+        if (grown == NULL)
+            return rs__error(RS_ENOMEM, "out of memory checking records to upload");
+        job->plain = grown;
+        job->plain_cap = need;
+    }
+    if ((err = rs__open(job->plain, NULL, ctx->store->key, rec)) == 0)
+        return 0;
+    if (!shard_local(err))
+        return err;
+    rs__shard_name(shard, sizeof(shard), &rec->host, rec->tag);
+    hold(ctx, job->op,
+         rs__error(err,
+                   "%s; it was not uploaded, nor anything after it in shard %s (records "
+                   "before idx %llu were). The store's copy is damaged: 'recsync verify' lists "
+                   "every damaged record, 'recsync repair' restores what the server still has "
+                   "and drops what is lost",
+                   rs_error_last(), shard, (unsigned long long)rec->idx),
+         rec->idx);
+    return 1;
+}
+
 static int up_add(const rs_record *rec, void *payload)
 {
     up_job *job = payload;
     sync_ctx *ctx = job->ctx;
     int err;
 
+    if (is_held(ctx, job->op))
+        return 1;
+    if ((err = up_check(job, rec)) != 0)
+        return err;
     if (rec->idx != job->expect) {
         char shard[SHARD_NAME];
         rs__shard_name(shard, sizeof(shard), &rec->host, rec->tag);
@@ -668,7 +817,9 @@ static int upload_all(sync_ctx *ctx)
         job.op = i;
         job.expect = op->from;
         err = rs_store_range(ctx->store, &op->host, op->tag, op->from, op->to, up_add, &job);
-        if (err == 0 && job.expect != op->to) {
+        if (err > 0)
+            err = 0; /* held back: what came before it still goes */
+        else if (err == 0 && job.expect != op->to) {
             char shard[SHARD_NAME];
             rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
             err = rs__error(RS_EHOLE, "local shard %s ends at idx %llu, before its index's %llu",
@@ -688,6 +839,10 @@ static int upload_all(sync_ctx *ctx)
         ctx->seq = job.seq;
     for (size_t i = 0; i < PIPE_SLOTS; i++)
         rs_buf_free(&job.slots[i].body);
+    if (job.plain) {
+        sodium_memzero(job.plain, job.plain_cap);
+        rs_free(job.plain);
+    }
     pl_destroy(&job.pl);
     return err;
 }
@@ -719,7 +874,7 @@ static void *dl_worker(void *arg)
         uint64_t start = op->from;
         if (op->kind != RS_DIFF_DOWNLOAD)
             continue;
-        while (start < op->to) {
+        while (start < op->to && !is_held(ctx, i)) {
             uint64_t limit = op->to - start;
             const rs_buf *resp;
             size_t s = 0;
@@ -729,16 +884,26 @@ static void *dl_worker(void *arg)
                 return NULL;
             dl_slot *slot = &job->slots[s];
             if ((err = records_path(path, sizeof(path), &op->host, op->tag, start, limit)) < 0 ||
-                (err = rs__client_request(&resp, NULL, ctx->client, path, NULL, 0, 1)) < 0)
-                break;
-            if ((err = rs_wire_decode_records(&slot->batch, resp->ptr, resp->len, RS_WIRE_PAGE,
-                                              0)) < 0) {
-                err = rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s", url,
-                                rs_error_last());
+                (err = rs__client_request(&resp, NULL, ctx->client, path, NULL, 0, 1)) < 0) {
+                if (!shard_local(err) && err != RS_EGONE && err != RS_ENOTFOUND)
+                    break;
+                hold(ctx, i, err, start); /* about this shard alone; the others go on */
+                err = 0;
+                pl_put_free(&job->pl, s, 0);
                 break;
             }
-            if ((err = check_page(&slot->batch, &op->host, op->tag, start, limit, url)) < 0)
+            if ((err = rs_wire_decode_records(&slot->batch, resp->ptr, resp->len, RS_WIRE_PAGE,
+                                              0)) < 0)
+                rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s", url,
+                          rs_error_last());
+            else
+                err = check_page(&slot->batch, &op->host, op->tag, start, limit, url);
+            if (err < 0) {
+                hold(ctx, i, err, start);
+                err = 0;
+                pl_put_free(&job->pl, s, 0);
                 break;
+            }
             slot->op = i;
             slot->start = start;
             start += slot->batch.count;
@@ -773,11 +938,15 @@ static int download_all(sync_ctx *ctx)
     while ((ret = pl_take_full(&job.pl, &s)) == 0) {
         dl_slot *slot = &job.slots[s];
         size_t inserted = 0;
+        if (held_from(ctx, slot->op, slot->start)) {
+            pl_put_free(&job.pl, s, 0);
+            continue;
+        }
         if ((err = rs_store_insert(&inserted, ctx->store, slot->batch.records, slot->batch.count)) <
             0) {
             const rs_diff_op *op = &ctx->diff->ops[slot->op];
-            if (err == RS_EKEY && ctx->done == 0) {
-                /* The first page: nothing was written yet, nothing uploaded. */
+            if (err == RS_EKEY && !ctx->key_checked) {
+                /* No record opened yet: nothing was written, nothing uploaded. */
                 pl_fail(&job.pl, wrong_key(ctx));
                 break;
             }
@@ -785,8 +954,14 @@ static int download_all(sync_ctx *ctx)
             rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
             err = rs__error(err, "page of shard %s from idx %llu refused, nothing of it kept: %s",
                             shard, (unsigned long long)slot->start, rs_error_last());
-            pl_fail(&job.pl, err);
-            break;
+            if (!shard_local(err)) {
+                pl_fail(&job.pl, err);
+                break;
+            }
+            hold(ctx, slot->op, err, slot->start);
+            err = 0;
+            pl_put_free(&job.pl, s, 0);
+            continue;
         }
         ctx->key_checked = 1;
         ctx->moved[slot->op] += inserted;
@@ -803,10 +978,24 @@ static int download_all(sync_ctx *ctx)
     return err;
 }
 
+/*
+ * Before the first upload: downloads open every page before applying it, so
+ * a sync that applied one has checked the key; one whose downloads were all
+ * held back checks it here (see confirm_key).
+ */
+static int confirm_uploads(sync_ctx *ctx, const rs_index *remote)
+{
+    for (size_t i = 0; i < ctx->diff->count; i++)
+        if (ctx->diff->ops[i].kind == RS_DIFF_UPLOAD)
+            return confirm_key(ctx, remote);
+    return 0;
+}
+
 /* ---- the last sync ---- */
 
 /* The remote index as the sync left it: the own shards uploaded end where the store does. */
-static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *diff, uint64_t seq)
+static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *diff,
+                        const uint64_t *moved, uint64_t seq)
 {
     rs_index *idx = rs__calloc(1, sizeof(*idx));
     int err = 0;
@@ -820,11 +1009,13 @@ static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *d
         rs_shard *sh;
         if (op->kind != RS_DIFF_UPLOAD)
             continue;
+        if (moved[i] == 0)
+            continue;
         sh = (rs_shard *)find_shard(idx, &op->host, op->tag);
         if (sh)
-            sh->end = op->to;
+            sh->end = op->from + moved[i];
         else
-            err = rs_index_add(idx, &op->host, op->tag, 0, op->to);
+            err = rs_index_add(idx, &op->host, op->tag, 0, op->from + moved[i]);
     }
     idx->seq = seq;
     if (err < 0) {
@@ -938,6 +1129,7 @@ void rs_sync_report_free(rs_sync_report *report)
     if (report == NULL)
         return;
     rs_free(report->shards);
+    rs_free(report->held);
     rs_free(report);
 }
 
@@ -946,12 +1138,22 @@ static int make_report(rs_sync_report **out, const sync_ctx *ctx, uint64_t start
     const rs_diff *diff = ctx->diff;
     rs_sync_report *r = rs__calloc(1, sizeof(*r));
     if (r == NULL ||
-        (r->shards = rs__calloc(diff->count ? diff->count : 1, sizeof(rs_sync_shard))) == NULL) {
+        (r->shards = rs__calloc(diff->count ? diff->count : 1, sizeof(rs_sync_shard))) == NULL ||
+        (r->held = rs__calloc(diff->count ? diff->count : 1, sizeof(rs_sync_held))) == NULL) {
         rs_sync_report_free(r);
         return rs__error(RS_ENOMEM, "out of memory for the sync report");
     }
     for (size_t i = 0; i < diff->count; i++) {
         const rs_diff_op *op = &diff->ops[i];
+        if (is_held(ctx, i)) {
+            rs_sync_held *h = &r->held[r->held_count++];
+            h->host = op->host;
+            snprintf(h->tag, sizeof(h->tag), "%s", op->tag);
+            h->upload = op->kind == RS_DIFF_UPLOAD;
+            h->idx = ctx->held[i].idx;
+            h->code = ctx->held[i].code;
+            snprintf(h->reason, sizeof(h->reason), "%s", ctx->held[i].reason);
+        }
         if (ctx->moved[i] == 0)
             continue;
         rs_sync_shard *sh = &r->shards[r->count++];
@@ -988,6 +1190,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     int err;
 
     memset(&ctx, 0, sizeof(ctx));
+    pthread_mutex_init(&ctx.held_mu, NULL);
     ctx.store = store;
     if (opts)
         ctx.opts = *opts;
@@ -1004,13 +1207,15 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
         last = NULL;
     ctx.key_checked = last && strcmp(last->key_checked, key) == 0;
 
-    if ((err = store_client(&ctx.client, store, &copts)) < 0 ||
-        (err = fetch_index(&remote, ctx.client)) < 0 || (err = rs_store_index(&local, store)) < 0 ||
+    if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
+        (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
+        (err = rs_store_index(&local, store)) < 0 ||
         (err = rs_index_diff(&diff, local, remote, &ctx.self)) < 0)
         goto done;
     ctx.diff = diff;
     ctx.seq = remote->seq;
-    if ((ctx.moved = rs__calloc(diff->count ? diff->count : 1, sizeof(uint64_t))) == NULL) {
+    if ((ctx.moved = rs__calloc(diff->count ? diff->count : 1, sizeof(uint64_t))) == NULL ||
+        (ctx.held = rs__calloc(diff->count ? diff->count : 1, sizeof(held_op))) == NULL) {
         err = rs__error(RS_ENOMEM, "out of memory planning a sync");
         goto done;
     }
@@ -1019,11 +1224,12 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     if ((err = preflight(&ctx, local, remote, last ? last->remote : NULL)) < 0)
         goto done;
     progress(&ctx, 0);
-    if ((err = download_all(&ctx)) < 0 || (err = upload_all(&ctx)) < 0)
+    if ((err = download_all(&ctx)) < 0 || (err = confirm_uploads(&ctx, remote)) < 0 ||
+        (err = upload_all(&ctx)) < 0)
         goto done;
     progress(&ctx, ctx.total);
     if ((err = make_report(&report, &ctx, started)) < 0 ||
-        (err = remote_after(&after, remote, diff, ctx.seq)) < 0 ||
+        (err = remote_after(&after, remote, diff, ctx.moved, ctx.seq)) < 0 ||
         (err = save_last(store, report, after, ctx.key_checked)) < 0)
         goto done;
     *out = report;
@@ -1036,6 +1242,8 @@ done:
     rs_index_free(remote);
     rs_diff_free(diff);
     rs_free(ctx.moved);
+    rs_free(ctx.held);
+    pthread_mutex_destroy(&ctx.held_mu);
     rs_wire_batch_free(&ctx.one);
     rs__client_free(ctx.client);
     return err;

@@ -9,7 +9,8 @@ import unittest
 from device import Device, make_devices, new_user, server_url, shard_counts
 from harness import ServerProcess
 
-REPORT_KEYS = {"outcome", "uploaded", "downloaded", "shards", "seq", "elapsed_ms"}
+REPORT_KEYS = {"outcome", "uploaded", "downloaded", "shards", "seq", "elapsed_ms", "partial",
+               "held"}
 SHARD_KEYS = {"host", "tag", "uploaded", "downloaded"}
 
 
