@@ -10,6 +10,7 @@
 #include "recsync/common.h"
 #include "recsync/store.h"
 #include "recsync/sync.h"
+#include "recsync/snapshot.h"
 #include "recsync/kv.h"
 #include "recsync/history.h"
 

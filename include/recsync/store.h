@@ -220,7 +220,22 @@ typedef struct rs_tag_def {
      * fails, the caller still owns `payload`.
      */
     void (*release)(void *payload);
+    /*
+     * Snapshots (both may be NULL: the tag is then never snapshotted, so
+     * the server never prunes it). `snapshot_write` hands the whole
+     * materialized state to `emit` as items (opaque bytes, each at most
+     * RS_SNAPSHOT_ITEM_MAX), tombstones included; it runs inside a read
+     * transaction. `snapshot_load` puts one such item back into a state
+     * that `reset` emptied; records above the snapshot's frontier are then
+     * applied over it with `apply`, so the result must equal applying every
+     * record. Both return 0 or a negative code.
+     */
+    int (*snapshot_write)(sqlite3 *db, int (*emit)(void *ctx, const void *item, size_t len),
+                          void *emit_ctx, void *payload);
+    int (*snapshot_load)(sqlite3 *db, const uint8_t *item, size_t len, void *payload);
 } rs_tag_def;
+
+#define RS_SNAPSHOT_ITEM_MAX (4u << 20)
 
 int rs_store_register(rs_store *store, const rs_tag_def *def);
 

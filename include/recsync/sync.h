@@ -4,6 +4,7 @@
 #ifndef RECSYNC_SYNC_H
 #define RECSYNC_SYNC_H
 
+#include "snapshot.h"
 #include "store.h"
 
 #ifdef __cplusplus
@@ -74,6 +75,9 @@ typedef struct rs_sync_report {
     uint64_t elapsed_ms;
     rs_sync_held *held; /* the shards held back: a partial sync when held_count > 0 */
     size_t held_count;
+    rs_snapshot_info *snapshots; /* snapshots loaded (a device started from one) or written */
+    size_t snapshot_count;
+    uint64_t compacted; /* local records dropped below the server's pruned start */
 } rs_sync_report;
 
 /* Progress of a long sync: records done of records to move. */
@@ -89,6 +93,9 @@ typedef struct rs_sync_opts {
     long timeout_ms;         /* each request, start to end; 0: 120 s */
     rs_progress_cb progress; /* may be NULL; called from the calling thread */
     void *progress_payload;
+    /* records beyond a tag's last snapshot that make the sync write one;
+       0: RS_SNAPSHOT_DEFAULT_EVERY, UINT64_MAX: never */
+    uint64_t snapshot_every;
 } rs_sync_opts;
 
 /*
@@ -113,6 +120,17 @@ typedef struct rs_sync_opts {
  * never sent: its shard is uploaded up to it and held back from it.
  * Failures of the network, the account, the key or the local store stop
  * the whole sync and return their code.
+ *
+ * Snapshots (snapshot.h): a tag the store holds no records of, or whose
+ * records the server pruned past what the store holds, starts from the
+ * newest snapshot the server offers that covers the server's starts and
+ * opens under the key; the sync then pulls only the records above it. A
+ * store never syncs incrementally past pruned records: with no usable
+ * snapshot those shards are held back (RS_EGONE). After the transfers the
+ * sync acks the store's frontier, uploads snapshots written and not yet
+ * uploaded, writes one for a tag past opts->snapshot_every new records,
+ * and drops local records below the server's pruned start that a kept
+ * snapshot covers.
  */
 int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts);
 void rs_sync_report_free(rs_sync_report *report);

@@ -66,5 +66,6 @@ int cmd_sync(cli *c, int argc, char **argv);
 int cmd_status(cli *c, int argc, char **argv);
 int cmd_watch(cli *c, int argc, char **argv);
 int cmd_repair(cli *c, int argc, char **argv);
+int cmd_snapshot(cli *c, int argc, char **argv);
 
 #endif

@@ -237,7 +237,17 @@ static void print_report_json(const rs_sync_report *r)
         cli_json_string(stdout, h->reason);
         printf("}");
     }
-    printf("]}\n");
+    printf("], \"snapshots\": [");
+    for (size_t i = 0; i < r->snapshot_count; i++) {
+        const rs_snapshot_info *sn = &r->snapshots[i];
+        rs_uuid_format(host, &sn->id);
+        printf("%s{\"tag\": \"%s\", \"id\": \"%s\", \"action\": \"%s\", \"covered\": %llu, "
+               "\"chunks\": %llu, \"bytes\": %llu, \"ms\": %llu}",
+               i ? ", " : "", sn->tag, host, sn->loaded ? "loaded" : "written",
+               (unsigned long long)sn->covered, (unsigned long long)sn->chunks,
+               (unsigned long long)sn->bytes, (unsigned long long)sn->elapsed_ms);
+    }
+    printf("], \"compacted\": %llu}\n", (unsigned long long)r->compacted);
 }
 
 /* The shards held back, on stderr: the sync was partial. */
@@ -274,6 +284,15 @@ static void print_report(const rs_sync_report *r, const rs_uuid *self)
         if (s->downloaded)
             printf("  down %8llu  %s/%s\n", (unsigned long long)s->downloaded, host, s->tag);
     }
+    for (size_t i = 0; i < r->snapshot_count; i++) {
+        const rs_snapshot_info *sn = &r->snapshots[i];
+        printf("  snapshot of %s %s: %llu records covered, %llu bytes in %llu ms\n", sn->tag,
+               sn->loaded ? "loaded" : "written", (unsigned long long)sn->covered,
+               (unsigned long long)sn->bytes, (unsigned long long)sn->elapsed_ms);
+    }
+    if (r->compacted)
+        printf("  dropped %llu local records below the server's pruned start\n",
+               (unsigned long long)r->compacted);
 }
 
 int cmd_sync(cli *c, int argc, char **argv)
@@ -341,6 +360,43 @@ int cmd_sync(cli *c, int argc, char **argv)
             rc = EXIT_PARTIAL;
     }
     rs_sync_report_free(report);
+    rs_store_free(store);
+    return rc;
+}
+
+/* ---- snapshot ---- */
+
+int cmd_snapshot(cli *c, int argc, char **argv)
+{
+    static const char usage[] =
+        "usage: recsync [--dir DIR] snapshot [TAG]\n"
+        "Writes an end-to-end encrypted snapshot of TAG's state (default: kv and history)\n"
+        "and uploads it, so the server can prune the records below it and new devices\n"
+        "start from it. A sync also writes one past a number of new records.\n";
+    const char *all[] = {RS_KV_TAG, RS_HISTORY_TAG};
+    rs_store *store = NULL;
+    rs_snapshot_info info;
+    uint64_t pushed = 0;
+    int err = 0, rc = EXIT_OK;
+
+    if (cli_help(usage, argc, argv))
+        return EXIT_OK;
+    if (argc > 2)
+        return cli_usage(usage, "snapshot takes at most one TAG");
+    if (cli_open(&store, c) != 0)
+        return EXIT_FAIL;
+    for (size_t i = 0; i < (argc == 2 ? 1u : 2u) && err == 0; i++) {
+        const char *tag = argc == 2 ? argv[1] : all[i];
+        if ((err = rs_snapshot_write(&info, store, tag)) < 0)
+            break;
+        printf("snapshot of %s written: %llu records covered, %llu items, %llu bytes in %llu ms\n",
+               tag, (unsigned long long)info.covered, (unsigned long long)info.items,
+               (unsigned long long)info.bytes, (unsigned long long)info.elapsed_ms);
+    }
+    if (err == 0 && (err = rs_snapshot_push(&pushed, store)) == 0)
+        printf("uploaded %llu snapshot%s\n", (unsigned long long)pushed, pushed == 1 ? "" : "s");
+    if (err < 0)
+        rc = cli_fail("snapshot", err);
     rs_store_free(store);
     return rc;
 }

@@ -25,6 +25,7 @@ static const char usage_text[] =
     "  status [--json]             shards, local against remote\n"
     "  verify                      open every record, check every shard\n"
     "  repair                      repair records damaged in the store\n"
+    "  snapshot [TAG]              write and upload a snapshot of a store's state\n"
     "  rebuild [TAG]               rebuild materialized state from records\n"
     "  watch [--json]              live sync until interrupted\n"
     "\n"
@@ -42,6 +43,7 @@ static const command commands[] = {
     {"rebuild", cmd_rebuild}, {"register", cmd_register}, {"login", cmd_login},
     {"sync", cmd_sync},       {"status", cmd_status},     {"kv", cmd_kv},
     {"history", cmd_history}, {"watch", cmd_watch},       {"repair", cmd_repair},
+    {"snapshot", cmd_snapshot},
 };
 
 int cli_fail(const char *what, int err)

@@ -122,3 +122,124 @@ void rs__bind_writer(sqlite3_stmt *st, int col_hlc, int col_host, const rs_recor
     sqlite3_bind_int64(st, col_hlc, (sqlite3_int64)rec->hlc);
     sqlite3_bind_blob(st, col_host, rec->host.bytes, 16, SQLITE_STATIC);
 }
+
+/* ---- snapshot rows ---- */
+
+enum { COL_NULL, COL_INT, COL_REAL, COL_TEXT, COL_BLOB };
+
+static void pack_u(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int b = 0; b < bytes; b++)
+        p[b] = (uint8_t)(v >> (8 * (bytes - 1 - b)));
+}
+
+static uint64_t unpack_u(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int b = 0; b < bytes; b++)
+        v = v << 8 | p[b];
+    return v;
+}
+
+int rs__snap_emit_rows(sqlite3 *db, const char *sql,
+                       int (*emit)(void *ctx, const void *item, size_t len), void *ctx)
+{
+    sqlite3_stmt *st = NULL;
+    uint8_t *item = NULL;
+    size_t cap = 0;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL), err = 0;
+    if (rc != SQLITE_OK)
+        return rs__sqlite_error(db, rc, "reading state for a snapshot");
+    while (err == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int cols = sqlite3_column_count(st);
+        size_t len = 0, need = 0;
+        for (int c = 0; c < cols; c++)
+            need += 9 + (size_t)sqlite3_column_bytes(st, c);
+        if (need > cap) {
+            uint8_t *grown = rs__realloc(item, need);
+            if (grown == NULL) {
+                err = rs__error(RS_ENOMEM, "out of memory writing a snapshot");
+                break;
+            }
+            item = grown;
+            cap = need;
+        }
+        for (int c = 0; c < cols; c++) {
+            int type = sqlite3_column_type(st, c);
+            if (type == SQLITE_INTEGER || type == SQLITE_FLOAT) {
+                uint64_t v;
+                if (type == SQLITE_INTEGER) {
+                    v = (uint64_t)sqlite3_column_int64(st, c);
+                } else {
+                    double d = sqlite3_column_double(st, c);
+                    memcpy(&v, &d, 8);
+                }
+                item[len++] = type == SQLITE_INTEGER ? COL_INT : COL_REAL;
+                pack_u(item + len, v, 8);
+                len += 8;
+            } else if (type == SQLITE_TEXT || type == SQLITE_BLOB) {
+                const void *p = type == SQLITE_TEXT ? (const void *)sqlite3_column_text(st, c)
+                                                    : sqlite3_column_blob(st, c);
+                size_t n = (size_t)sqlite3_column_bytes(st, c);
+                item[len++] = type == SQLITE_TEXT ? COL_TEXT : COL_BLOB;
+                pack_u(item + len, n, 4);
+                len += 4;
+                if (n)
+                    memcpy(item + len, p, n);
+                len += n;
+            } else {
+                item[len++] = COL_NULL;
+            }
+        }
+        err = emit(ctx, item, len);
+    }
+    if (err == 0 && rc != SQLITE_DONE)
+        err = rs__sqlite_error(db, rc, "reading state for a snapshot");
+    sqlite3_finalize(st);
+    rs_free(item);
+    return err;
+}
+
+int rs__snap_bind_row(sqlite3_stmt *st, const uint8_t *item, size_t len)
+{
+    int want = sqlite3_bind_parameter_count(st), col = 0;
+    size_t off = 0;
+    while (off < len) {
+        int type = item[off++];
+        if (++col > want)
+            break;
+        if (type == COL_INT || type == COL_REAL) {
+            if (len - off < 8)
+                break;
+            uint64_t v = unpack_u(item + off, 8);
+            off += 8;
+            if (type == COL_INT) {
+                sqlite3_bind_int64(st, col, (sqlite3_int64)v);
+            } else {
+                double d;
+                memcpy(&d, &v, 8);
+                sqlite3_bind_double(st, col, d);
+            }
+        } else if (type == COL_TEXT || type == COL_BLOB) {
+            if (len - off < 4)
+                break;
+            size_t n = (size_t)unpack_u(item + off, 4);
+            off += 4;
+            if (n > len - off)
+                break;
+            if (type == COL_TEXT)
+                sqlite3_bind_text(st, col, (const char *)item + off, (int)n, SQLITE_STATIC);
+            else
+                sqlite3_bind_blob(st, col, item + off, (int)n, SQLITE_STATIC);
+            off += n;
+        } else if (type == COL_NULL) {
+            sqlite3_bind_null(st, col);
+        } else {
+            break;
+        }
+    }
+    if (off != len || col != want)
+        return rs__error(RS_EINVAL, "a snapshot item of %zu bytes is not a row of %d columns", len,
+                         want);
+    return 0;
+}

@@ -25,6 +25,11 @@ int rs__register_builtin_tags(rs_store *store);
 int rs__kv_register(rs_store *store);
 int rs__history_register(rs_store *store);
 
+/* The history store's snapshot (history_snap.c): rows of history, the search index rebuilt. */
+int rs__history_snapshot_write(sqlite3 *db, int (*emit)(void *ctx, const void *item, size_t len),
+                               void *emit_ctx, void *payload);
+int rs__history_snapshot_load(sqlite3 *db, const uint8_t *item, size_t len, void *payload);
+
 /*
  * For an apply function given a record whose payload does not parse: keeps
  * the record as unapplied (like one whose version is too new, so a rebuild
@@ -50,5 +55,16 @@ int rs__prepare_kept(sqlite3 *db, sqlite3_stmt **out, const char *sql, const cha
 
 /* Binds an HLC and a host id as the stores keep them: an integer and 16 bytes. */
 void rs__bind_writer(sqlite3_stmt *st, int col_hlc, int col_host, const rs_record *rec);
+
+/*
+ * Snapshots of stores kept in SQLite tables: each row of `sql` (a SELECT)
+ * becomes one item, its columns packed with their types (NULL, integer,
+ * real, text, blob), handed to `emit`. rs__snap_bind_row binds such an item's
+ * columns to ?1, ?2, ... of `st` (valid while `item` is), RS_EINVAL when it
+ * is malformed or has another number of columns than `st` takes.
+ */
+int rs__snap_emit_rows(sqlite3 *db, const char *sql,
+                       int (*emit)(void *ctx, const void *item, size_t len), void *ctx);
+int rs__snap_bind_row(sqlite3_stmt *st, const uint8_t *item, size_t len);
 
 #endif

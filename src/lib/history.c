@@ -384,6 +384,8 @@ int rs__history_register(rs_store *store)
     def.reset = history_reset;
     def.payload = hs;
     def.release = history_release;
+    def.snapshot_write = rs__history_snapshot_write;
+    def.snapshot_load = rs__history_snapshot_load;
     if ((err = rs_store_register(store, &def)) < 0)
         history_release(hs);
     return err;

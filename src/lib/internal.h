@@ -143,6 +143,16 @@ struct rs_store {
     sqlite3_stmt *st_meta_put;
 };
 
+/*
+ * Snapshots (snapshot.c). rs__snapshot_load_base loads the newest snapshot
+ * of `tag` the store keeps into the tag's (just reset) state, when one is
+ * kept: the state below its shards' starts. rs__snapshot_covers checks a
+ * shard that starts above 0 against that snapshot (RS_EHOLE when none
+ * covers it, RS_ECRYPTO when it does not open).
+ */
+int rs__snapshot_load_base(rs_store *store, const char *tag, const rs_tag_def *def);
+int rs__snapshot_covers(rs_store *store, const rs_shard *shard);
+
 /* Runs `sql` (no results) on the store's database, naming `what` on failure. */
 int rs__exec(rs_store *store, const char *sql, const char *what);
 

@@ -36,6 +36,14 @@ static const char *const migrations[] = {
     "CREATE TABLE unapplied("
     "  host BLOB NOT NULL, tag TEXT NOT NULL, idx INTEGER NOT NULL,"
     "  PRIMARY KEY(host, tag, idx)) WITHOUT ROWID;",
+    /* 2: snapshots this store wrote or loaded, sealed as on the wire (snapshot.c). */
+    "CREATE TABLE snapshots("
+    "  id BLOB PRIMARY KEY, tag TEXT NOT NULL, frontier TEXT NOT NULL, chunks INTEGER NOT NULL,"
+    "  hlc INTEGER NOT NULL, uploaded INTEGER NOT NULL, loaded INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE snapshot_chunks("
+    "  id BLOB NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL,"
+    "  PRIMARY KEY(id, n)) WITHOUT ROWID;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1363,6 +1371,8 @@ int rs_store_verify(rs_verify_report *out, rs_store *store, rs_problem_cb on_pro
         uint64_t before = report.records;
         report.shards++;
         vs.expect = sh->start;
+        if (sh->start > 0 && (err = rs__snapshot_covers(store, sh)) < 0)
+            problem(&vs, err);
         if ((err = rs_store_range(store, &sh->host, sh->tag, 0, UINT64_MAX, verify_record, &vs)) <
             0)
             goto done;
@@ -1496,6 +1506,9 @@ int rs_store_rebuild(rs_store *store, const char *tag)
         rs__error(err, "resetting the store of tag %s: %s", tag, rs_error_last());
         goto fail;
     }
+    /* State below a compacted shard's start comes from the snapshot it was loaded from. */
+    if ((err = rs__snapshot_load_base(store, tag, &t->def)) < 0)
+        goto fail;
     if ((err = prepare(store, &st, "DELETE FROM unapplied WHERE tag = ?1")) < 0)
         goto fail;
     sqlite3_bind_text(st, 1, tag, -1, SQLITE_STATIC);

@@ -15,6 +15,7 @@
  * worker owns the HTTP client while the pipeline runs.
  */
 #include "client.h"
+#include "snapshot_int.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -343,6 +344,7 @@ typedef struct sync_ctx {
     rs_wire_batch one; /* single-record fetches of the checks */
     held_op *held;     /* per diff op: why it was held back, if it was */
     pthread_mutex_t held_mu;
+    rs_sync_snaps snaps; /* snapshots loaded and written, tags that needed one in vain */
 } sync_ctx;
 
 /*
@@ -583,13 +585,17 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
         downloads = 1;
         const rs_shard *rs = find_shard(remote, &op->host, op->tag);
         if (rs && rs->start > op->from) {
+            /* Never past pruned records: they may hold deletes (sync_snap.c). */
+            int code = RS_EGONE;
+            const char *why = rs__sync_gone(&ctx->snaps, op->tag, &code);
             rs__shard_name(shard, sizeof(shard), &op->host, op->tag);
             hold(ctx, i,
-                 rs__error(RS_EHOLE,
+                 rs__error(code,
                            "shard %s on server %s starts at idx %llu (older records were "
-                           "pruned) but this store ends at %llu: the records between are gone",
+                           "pruned) but this store ends at %llu, and no snapshot replaced "
+                           "them: %s",
                            shard, rs__client_url(ctx->client), (unsigned long long)rs->start,
-                           (unsigned long long)op->from),
+                           (unsigned long long)op->from, why ? why : "none was tried"),
                  op->from);
         }
     }
@@ -1130,6 +1136,7 @@ void rs_sync_report_free(rs_sync_report *report)
         return;
     rs_free(report->shards);
     rs_free(report->held);
+    rs_free(report->snapshots);
     rs_free(report);
 }
 
@@ -1177,6 +1184,16 @@ static int make_report(rs_sync_report **out, const sync_ctx *ctx, uint64_t start
     return 0;
 }
 
+/* Moves the snapshots loaded and written into the report. */
+static void report_snapshots(rs_sync_report *r, sync_ctx *ctx)
+{
+    r->snapshots = ctx->snaps.list;
+    r->snapshot_count = ctx->snaps.count;
+    r->compacted = ctx->snaps.compacted;
+    ctx->snaps.list = NULL;
+    ctx->snaps.count = ctx->snaps.cap = 0;
+}
+
 int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
 {
     uint64_t started = monotonic_ms();
@@ -1187,7 +1204,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     char key[RS_KEY_ID_STRLEN + 1];
     rs_diff *diff = NULL;
     rs_sync_report *report = NULL;
-    int err;
+    int err, reloaded = 0;
 
     memset(&ctx, 0, sizeof(ctx));
     pthread_mutex_init(&ctx.held_mu, NULL);
@@ -1210,7 +1227,15 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
         (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
         (err = rs_store_index(&local, store)) < 0 ||
-        (err = rs_index_diff(&diff, local, remote, &ctx.self)) < 0)
+        (err = rs__sync_bootstrap(&ctx.snaps, &reloaded, store, ctx.client, local, remote)) < 0)
+        goto done;
+    if (reloaded) {
+        rs_index_free(local);
+        local = NULL;
+        if ((err = rs_store_index(&local, store)) < 0)
+            goto done;
+    }
+    if ((err = rs_index_diff(&diff, local, remote, &ctx.self)) < 0)
         goto done;
     ctx.diff = diff;
     ctx.seq = remote->seq;
@@ -1232,6 +1257,10 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
         (err = remote_after(&after, remote, diff, ctx.moved, ctx.seq)) < 0 ||
         (err = save_last(store, report, after, ctx.key_checked)) < 0)
         goto done;
+    rs__sync_after(&ctx.snaps, store, ctx.client, after,
+                   ctx.opts.snapshot_every ? ctx.opts.snapshot_every : RS_SNAPSHOT_DEFAULT_EVERY);
+    report_snapshots(report, &ctx);
+    report->elapsed_ms = monotonic_ms() - started;
     *out = report;
     report = NULL;
 done:
@@ -1243,6 +1272,7 @@ done:
     rs_diff_free(diff);
     rs_free(ctx.moved);
     rs_free(ctx.held);
+    rs__sync_snaps_free(&ctx.snaps);
     pthread_mutex_destroy(&ctx.held_mu);
     rs_wire_batch_free(&ctx.one);
     rs__client_free(ctx.client);

@@ -10,7 +10,7 @@ from device import Device, make_devices, new_user, server_url, shard_counts
 from harness import ServerProcess
 
 REPORT_KEYS = {"outcome", "uploaded", "downloaded", "shards", "seq", "elapsed_ms", "partial",
-               "held"}
+               "held", "snapshots", "compacted"}
 SHARD_KEYS = {"host", "tag", "uploaded", "downloaded"}
 
 

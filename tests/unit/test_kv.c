@@ -527,7 +527,7 @@ static void app_tag_newer_version_is_applied_after_registering_the_upgrade(void 
     fixture *f = *state;
     rs_store *a = test_init_store(f->a, NULL), *b = test_init_sibling(f->b, a, NULL);
     notes n1 = {0}, n2 = {0};
-    rs_tag_def def = {"notes", 1, notes_setup, notes_apply, notes_reset, &n1, NULL};
+    rs_tag_def def = {"notes", 1, notes_setup, notes_apply, notes_reset, &n1, NULL, NULL, NULL};
     warnings w;
 
     memset(&w, 0, sizeof(w));
