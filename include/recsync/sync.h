@@ -96,6 +96,8 @@ typedef struct rs_sync_opts {
     /* records beyond a tag's last snapshot that make the sync write one;
        0: RS_SNAPSHOT_DEFAULT_EVERY, UINT64_MAX: never */
     uint64_t snapshot_every;
+    /* 1: never start a tag from a snapshot; replay its records (pruned ones are then held back) */
+    int replay;
 } rs_sync_opts;
 
 /*

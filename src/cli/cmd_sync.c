@@ -298,15 +298,18 @@ static void print_report(const rs_sync_report *r, const rs_uuid *self)
 int cmd_sync(cli *c, int argc, char **argv)
 {
     static const char usage[] =
-        "usage: recsync [--dir DIR] sync [--json] [--page-records N]\n"
+        "usage: recsync [--dir DIR] sync [--json] [--page-records N] [--replay]\n"
         "Uploads this device's new records and downloads the others', in pages of N\n"
         "records (default 2000), and prints the outcome: noop, pull, push or merge,\n"
         "with counts per shard. --json prints one object for scripts.\n"
         "A shard that cannot be synced (a damaged record, a clock too far ahead, a\n"
         "page the server got wrong) is held back and named on stderr, and \"held\"\n"
-        "in --json; every other shard syncs, and the exit status is 3 (partial).\n";
+        "in --json; every other shard syncs, and the exit status is 3 (partial).\n"
+        "A new device starts each store from the server's newest snapshot and pulls\n"
+        "only the records above it; --replay pulls every record instead.\n";
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
                                          {"page-records", required_argument, NULL, 'p'},
+                                         {"replay", no_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     rs_sync_opts sopts;
@@ -324,6 +327,9 @@ int cmd_sync(cli *c, int argc, char **argv)
         switch (opt) {
         case 'j':
             json = true;
+            break;
+        case 'r':
+            sopts.replay = 1;
             break;
         case 'p':
             if (!cli_parse_ul(&page, optarg, 1, 1000000))

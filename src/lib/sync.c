@@ -1227,7 +1227,8 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
         (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
         (err = rs_store_index(&local, store)) < 0 ||
-        (err = rs__sync_bootstrap(&ctx.snaps, &reloaded, store, ctx.client, local, remote)) < 0)
+        (!ctx.opts.replay &&
+         (err = rs__sync_bootstrap(&ctx.snaps, &reloaded, store, ctx.client, local, remote)) < 0))
         goto done;
     if (reloaded) {
         rs_index_free(local);
