@@ -1,5 +1,6 @@
 /*
- * Chooses the backend a --db argument names.
+ * Chooses the backend a --db argument names, and what both backends share:
+ * the wording of refusals they both give and the prune floor's rule.
  */
 #include "backend.h"
 
@@ -17,4 +18,38 @@ int rs_backend_open(rs_backend **out, const char *db, const rs_backend_opts *opt
 #endif
     }
     return rs_backend_sqlite_open(out, db, opts);
+}
+
+int rs_backend_frontier_error(const rs_uuid *host, const char *tag, uint64_t claimed, uint64_t held)
+{
+    char h[RS_UUID_STRLEN + 1];
+    rs_uuid_format(h, host);
+    return rs__error(RS_ECONFLICT,
+                     "snapshot frontier says shard %s/%s ends at %llu but the server holds %llu", h,
+                     tag, (unsigned long long)claimed, (unsigned long long)held);
+}
+
+int rs_backend_snapshot_conflict(const rs_uuid *id, const char *detail)
+{
+    char s[RS_UUID_STRLEN + 1];
+    rs_uuid_format(s, id);
+    return rs__error(RS_ECONFLICT, "snapshot %s: %s", s, detail);
+}
+
+int rs_backend_pruned_error(const rs_uuid *host, const char *tag, uint64_t start)
+{
+    char h[RS_UUID_STRLEN + 1];
+    rs_uuid_format(h, host);
+    return rs__error(RS_ESNAPSHOT,
+                     "shard %s/%s starts at idx %llu (older records were pruned): load a snapshot",
+                     h, tag, (unsigned long long)start);
+}
+
+uint64_t rs_backend_prune_floor(uint64_t end, uint64_t devices, uint64_t acked, uint64_t ack_min,
+                                uint64_t snap)
+{
+    uint64_t floor = devices == 0 ? end : acked < devices ? 0 : ack_min;
+    if (snap < floor)
+        floor = snap;
+    return floor < end ? floor : end;
 }

@@ -47,6 +47,7 @@
 
 /* Server-local error codes, beyond the library's range. */
 #define RS_EFORBIDDEN (-1001) /* authenticated but not allowed: another device's shard or host */
+#define RS_ESNAPSHOT (-1011)  /* a read below a shard's pruned start: load a snapshot (410) */
 
 #define RS_TOKEN_ID_BYTES 16
 #define RS_TOKEN_HASH_BYTES 32
@@ -124,6 +125,65 @@ typedef struct rs_retention_stats {
     uint64_t users_pruned; /* users whose floor moved */
 } rs_retention_stats;
 
+/*
+ * One chunk of a snapshot upload (snapshots.md). `frontier` holds the
+ * snapshot's frontier as shards of tag `tag` (only host and end count),
+ * sorted by host, hosts unique; `frontier_hash` is a hash of it, kept with
+ * the snapshot so later chunks compare one value.
+ */
+typedef struct rs_snapshot_put {
+    rs_uuid id;
+    char tag[RS_TAG_MAX + 1];
+    uint64_t chunks;
+    uint64_t chunk;
+    const rs_index *frontier;
+    uint8_t frontier_hash[32];
+    const uint8_t *data;
+    size_t data_len;
+} rs_snapshot_put;
+
+typedef struct rs_snapshot_put_result {
+    int complete;       /* the snapshot is complete after this chunk */
+    int newly_complete; /* this chunk completed it */
+    int inserted;       /* this chunk was new (not an identical re-send) */
+    uint64_t stored;    /* chunks of the snapshot stored */
+    uint64_t seq;       /* complete: the seq it took */
+} rs_snapshot_put_result;
+
+/* A complete snapshot as listed; `frontier` valid only during the callback. */
+typedef struct rs_snapshot_info {
+    rs_uuid id;
+    char tag[RS_TAG_MAX + 1];
+    uint64_t chunks;
+    uint64_t bytes; /* sum of the chunks' sizes */
+    uint64_t seq;
+    uint64_t created_ms;      /* when it became complete */
+    const rs_shard *frontier; /* host and end; sorted by host */
+    size_t frontier_count;
+} rs_snapshot_info;
+
+/* A snapshot listing callback: 0 to continue, < 0 to abort with that code. */
+typedef int (*rs_snapshot_cb)(const rs_snapshot_info *info, void *payload);
+
+/* A chunk callback: `data` valid only during the call. */
+typedef int (*rs_chunk_cb)(const rs_snapshot_info *info, const uint8_t *data, size_t len,
+                           void *payload);
+
+/* What one prune pass does (snapshots.md, "Pruning"). */
+typedef struct rs_prune_policy {
+    uint64_t device_expiry_ms; /* a device silent longer holds nothing; 0: never expires */
+    uint64_t snapshots_kept;   /* newest complete snapshots kept per (user, tag); at least 1 */
+    uint64_t incomplete_ms;    /* incomplete snapshots older than this are deleted; 0: 24 h */
+    uint64_t batch;            /* at most this many record deletions per transaction; 0: 10000 */
+} rs_prune_policy;
+
+typedef struct rs_prune_stats {
+    uint64_t records_pruned;
+    uint64_t bytes_pruned;
+    uint64_t shards_pruned; /* shards whose start moved */
+    uint64_t snapshots_deleted;
+} rs_prune_stats;
+
 typedef struct rs_backend_stats {
     uint64_t users;
     uint64_t devices;
@@ -131,6 +191,10 @@ typedef struct rs_backend_stats {
     uint64_t records;
     uint64_t bytes;  /* envelope bytes stored */
     uint64_t events; /* events retained */
+
+    uint64_t pruned_below;   /* sum over shards of start: records pruned below the floors */
+    uint64_t snapshots;      /* complete snapshots stored */
+    uint64_t snapshot_bytes; /* their bytes */
     /* SQLite: its checkpointer thread (checkpointer = 1 when it runs one). */
     uint64_t checkpointer;
     uint64_t checkpoints;       /* checkpoints run */
@@ -234,6 +298,55 @@ typedef struct rs_backend_ops {
      */
     int (*retain)(rs_backend *b, rs_retention_stats *out, const rs_retention *policy);
 
+    /*
+     * Marks device `host` seen now (its last_seen), which keeps it active
+     * for pruning (--device-expiry). Called on POST /api/v1/acks;
+     * register and login set it through user_create and device_bind.
+     */
+    int (*device_touch)(rs_backend *b, const rs_uuid *host);
+
+    /*
+     * Stores chunk in->chunk of snapshot in->id of `user` in one write
+     * transaction. The first chunk creates the snapshot, after checking
+     * every frontier entry's end against the current end of shard (host,
+     * tag) of the user (RS_ECONFLICT via rs_backend_frontier_error). Later
+     * chunks must carry the same tag, chunks and frontier (RS_ECONFLICT via
+     * rs_backend_snapshot_conflict); a chunk already stored must be
+     * identical (then it is a no-op). The chunk that completes the snapshot
+     * sets its seq to the user's seq and its created time to now. Chunk
+     * bytes count in the user's bytes.
+     */
+    int (*snapshot_put_chunk)(rs_backend *b, rs_snapshot_put_result *out, int64_t user,
+                              const rs_snapshot_put *in);
+
+    /*
+     * Hands `cb` the user's complete snapshots of tag `tag` (NULL: every
+     * tag), newest first (seq, then created, descending), read in one
+     * snapshot of the database.
+     */
+    int (*snapshot_list)(rs_backend *b, int64_t user, const char *tag, rs_snapshot_cb cb,
+                         void *payload);
+
+    /*
+     * Hands `cb` chunk `chunk` of the user's complete snapshot `id`.
+     * RS_ENOTFOUND when the user has no complete snapshot `id` or it has
+     * no such chunk.
+     */
+    int (*snapshot_chunk_get)(rs_backend *b, int64_t user, const rs_uuid *id, uint64_t chunk,
+                              rs_chunk_cb cb, void *payload);
+
+    /*
+     * One prune pass over every user: per shard, deletes records below
+     * min(ack floor over the user's active devices, the frontier end of
+     * the newest complete snapshot of the tag) and raises the shard's
+     * start to what was deleted, in transactions of at most policy->batch
+     * deletions; then deletes complete snapshots beyond the newest
+     * policy->snapshots_kept per (user, tag), and incomplete ones older
+     * than policy->incomplete_ms. Never called from a request; safe
+     * against writers and against other processes' passes.
+     */
+    int (*prune)(rs_backend *b, rs_prune_stats *out, const rs_prune_policy *policy);
+
     /* Totals for /metrics, without scanning records. */
     int (*stats)(rs_backend *b, rs_backend_stats *out);
 } rs_backend_ops;
@@ -253,6 +366,29 @@ struct rs_backend {
 int rs_backend_open(rs_backend **out, const char *db, const rs_backend_opts *opts);
 
 int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_opts *opts);
+/*
+ * Refusals both backends give in the same words (backend.c).
+ * rs_backend_frontier_error: a snapshot frontier claiming more of shard
+ * (host, tag) than the server holds (RS_ECONFLICT).
+ * rs_backend_snapshot_conflict: a chunk of snapshot `id` that differs
+ * from what the snapshot already has, `detail` saying what (RS_ECONFLICT).
+ */
+int rs_backend_frontier_error(const rs_uuid *host, const char *tag, uint64_t claimed,
+                              uint64_t held);
+int rs_backend_snapshot_conflict(const rs_uuid *id, const char *detail);
+/* The 410 for a read below a pruned shard's start (RS_ESNAPSHOT). */
+int rs_backend_pruned_error(const rs_uuid *host, const char *tag, uint64_t start);
+
+/*
+ * A shard's prune floor from what both backends read (snapshots.md):
+ * `devices` active devices of the user, `acked` of which acked the shard,
+ * the lowest of those acks `ack_min`; `snap` the shard's host's end in the
+ * newest complete snapshot of the tag (0 if none). min(ack floor, snap),
+ * never above `end`. No active device at all holds nothing back.
+ */
+uint64_t rs_backend_prune_floor(uint64_t end, uint64_t devices, uint64_t acked, uint64_t ack_min,
+                                uint64_t snap);
+
 #ifdef RS_HAVE_POSTGRES
 int rs_backend_postgres_open(rs_backend **out, const char *conninfo, const rs_backend_opts *opts);
 #endif

@@ -42,6 +42,7 @@ static const struct {
     {RS_ECONFLICT, 409, "conflict"},
     {RS_EHOLE, 409, "hole"},
     {RS_EGONE, 410, "resync_required"},
+    {RS_ESNAPSHOT, 410, "snapshot_required"},
     {RS_ETOOBIG, 413, "too_big"},
     {RS_EBODY, 413, "too_big"},
     {RS_ECRYPTO, 422, "bad_envelope"},
@@ -151,6 +152,9 @@ static const route_entry routes[] = {
     {"/api/v1/acks", ROUTE_ACKS_GET, ROUTE_ACKS_POST, "GET, POST"},
     {"/healthz", ROUTE_HEALTHZ, ROUTE_OTHER, "GET"},
     {"/metrics", ROUTE_METRICS, ROUTE_OTHER, "GET"},
+    {"/api/v1/snapshots", ROUTE_SNAPSHOTS_GET, ROUTE_SNAPSHOTS_POST, "GET, POST"},
+    {"/api/v1/snapshot", ROUTE_SNAPSHOT_GET, ROUTE_OTHER, "GET"},
+    {"/api/v1/test/prune", ROUTE_OTHER, ROUTE_TEST_PRUNE, "POST"},
 };
 
 /*
@@ -202,6 +206,14 @@ static int dispatch(rs_reply *reply, struct MHD_Connection *conn, request *req)
         return rs_route_healthz(reply, conn);
     case ROUTE_METRICS:
         return rs_route_metrics(reply, conn);
+    case ROUTE_SNAPSHOTS_POST:
+        return rs_route_snapshots_post(reply, conn, body, len);
+    case ROUTE_SNAPSHOTS_GET:
+        return rs_route_snapshots_get(reply, conn);
+    case ROUTE_SNAPSHOT_GET:
+        return rs_route_snapshot_get(reply, conn);
+    case ROUTE_TEST_PRUNE:
+        return rs_route_test_prune(reply, conn);
     default:
         return rs__error(RS_ERROR, "no handler for route %d", (int)req->route);
     }
@@ -256,7 +268,8 @@ enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const cha
                 return fail_now(conn, req, RS_EBODY, NULL);
             }
             /* Uploads need a token: refuse a stranger before reading the body. */
-            if (req->route == ROUTE_RECORDS_POST || req->route == ROUTE_ACKS_POST) {
+            if (req->route == ROUTE_RECORDS_POST || req->route == ROUTE_ACKS_POST ||
+                req->route == ROUTE_SNAPSHOTS_POST) {
                 rs_device dev;
                 int err = rs_auth_device(&dev, conn);
                 if (err < 0)

@@ -34,6 +34,12 @@ static const char usage_text[] =
     "                            (3600s, 90m, 24h, 7d), both (100000,7d), or 'forever'\n"
     "                            (default 7d)\n"
     "  --retention-interval-ms MS  how often retention runs (default 60000)\n"
+    "  --prune-interval-ms MS    how often records below the prune floors and old\n"
+    "                            snapshots are deleted (default 60000; 0: never)\n"
+    "  --device-expiry SPEC      a device silent this long (90d, 12h, 30m, 2s) no\n"
+    "                            longer holds the prune floor; 'never' (default 90d)\n"
+    "  --snapshots-kept N        newest complete snapshots kept per user and tag\n"
+    "                            (default 2, at least 1)\n"
     "  --page-default N          records per page when no limit is given (default 1000)\n"
     "  --page-max N              most records per page (default 10000)\n"
     "  --page-bytes BYTES        most encoded bytes per page (default 8388608)\n"
@@ -171,6 +177,9 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         OPT_HEARTBEAT,
         OPT_RETENTION,
         OPT_RETENTION_INTERVAL,
+        OPT_PRUNE_INTERVAL,
+        OPT_DEVICE_EXPIRY,
+        OPT_SNAPSHOTS_KEPT,
         OPT_PAGE_DEFAULT,
         OPT_PAGE_MAX,
         OPT_PAGE_BYTES,
@@ -192,6 +201,9 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
         {"event-retention", required_argument, NULL, OPT_RETENTION},
         {"retention-interval-ms", required_argument, NULL, OPT_RETENTION_INTERVAL},
+        {"prune-interval-ms", required_argument, NULL, OPT_PRUNE_INTERVAL},
+        {"device-expiry", required_argument, NULL, OPT_DEVICE_EXPIRY},
+        {"snapshots-kept", required_argument, NULL, OPT_SNAPSHOTS_KEPT},
         {"page-default", required_argument, NULL, OPT_PAGE_DEFAULT},
         {"page-max", required_argument, NULL, OPT_PAGE_MAX},
         {"page-bytes", required_argument, NULL, OPT_PAGE_BYTES},
@@ -213,6 +225,9 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
     cfg->heartbeat_ms = 15000;
     parse_retention(&cfg->retention, "7d");
     cfg->retention_interval_ms = 60000;
+    cfg->prune_interval_ms = 60000;
+    cfg->prune.device_expiry_ms = 90ull * 86400000ull;
+    cfg->prune.snapshots_kept = 2;
     cfg->page_default = 1000;
     cfg->page_max = 10000;
     cfg->page_bytes = 8u << 20;
@@ -243,6 +258,18 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         case OPT_RETENTION_INTERVAL:
             cfg->retention_interval_ms =
                 (unsigned)parse_num("--retention-interval-ms", optarg, 10, 86400000);
+            break;
+        case OPT_PRUNE_INTERVAL:
+            cfg->prune_interval_ms =
+                (unsigned)parse_num("--prune-interval-ms", optarg, 0, 86400000);
+            break;
+        case OPT_DEVICE_EXPIRY:
+            if (rs_prune_parse_expiry(&cfg->prune.device_expiry_ms, optarg) < 0)
+                die_usage("--device-expiry: '%s' is not an age (90d, 12h, 30m, 2s) or 'never'",
+                          optarg);
+            break;
+        case OPT_SNAPSHOTS_KEPT:
+            cfg->prune.snapshots_kept = parse_num("--snapshots-kept", optarg, 1, 1000);
             break;
         case OPT_PAGE_DEFAULT:
             cfg->page_default = parse_num("--page-default", optarg, 1, 1000000);
@@ -348,7 +375,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "recsyncd: %s\n", rs_error_last());
         return 1;
     }
-    if (rs_auth_init() < 0 || bind_listen(&fd, &port, cfg->listen) < 0 || rs_events_start() < 0) {
+    if (rs_auth_init() < 0 || bind_listen(&fd, &port, cfg->listen) < 0 || rs_events_start() < 0 ||
+        rs_prune_start() < 0) {
         fprintf(stderr, "recsyncd: %s\n", rs_error_last());
         goto done;
     }
@@ -363,6 +391,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "recsyncd: cannot start the HTTP server on %s\n", cfg->listen);
         rs_events_stop();
         rs_events_join();
+        rs_prune_stop();
         goto done;
     }
     printf("recsyncd listening on %s%.*s:%u\n", "", (int)(strrchr(cfg->listen, ':') - cfg->listen),
@@ -384,6 +413,7 @@ int main(int argc, char **argv)
     MHD_stop_daemon(rs_srv.daemon);
     fd = -1;
     rs_events_join();
+    rs_prune_stop();
     code = 0;
 done:
     if (fd >= 0)

@@ -38,6 +38,10 @@ static const char *const route_names[ROUTE_COUNT] = {
     [ROUTE_ACKS_GET] = "acks_get",
     [ROUTE_HEALTHZ] = "healthz",
     [ROUTE_METRICS] = "metrics",
+    [ROUTE_SNAPSHOTS_POST] = "snapshots_upload",
+    [ROUTE_SNAPSHOTS_GET] = "snapshots_list",
+    [ROUTE_SNAPSHOT_GET] = "snapshot_chunk",
+    [ROUTE_TEST_PRUNE] = "test_prune",
     [ROUTE_OTHER] = "other",
 };
 
@@ -192,6 +196,8 @@ int rs_metrics_render(rs_buf *out)
                            st.bytes)) < 0)
             return err;
     }
+    if ((err = rs_prune_metrics_render(out, have_stats ? &st : NULL)) < 0)
+        return err;
     if (have_stats && st.checkpointer) {
         if ((err = counter(out, "recsyncd_sqlite_checkpoints_total",
                            "WAL checkpoints run by the checkpointer thread (not by requests).",

@@ -301,7 +301,8 @@ int rs_route_acks_post(rs_reply *out, struct MHD_Connection *conn, const char *b
         return err;
     if ((err = rs_wire_frontier_decode(&frontier, body, len)) < 0)
         return err;
-    if ((err = rs_srv.backend->ops->ack_put(rs_srv.backend, dev.user, &dev.host, frontier)) == 0)
+    if ((err = rs_srv.backend->ops->ack_put(rs_srv.backend, dev.user, &dev.host, frontier)) == 0 &&
+        (err = rs_srv.backend->ops->device_touch(rs_srv.backend, &dev.host)) == 0)
         err = rs_buf_printf(&out->body, "{\"acked\":%zu}", frontier->count);
     rs_index_free(frontier);
     return err;

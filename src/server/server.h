@@ -23,6 +23,8 @@ typedef struct rs_config {
     unsigned heartbeat_ms;
     rs_retention retention;
     unsigned retention_interval_ms;
+    rs_prune_policy prune;      /* --device-expiry, --snapshots-kept */
+    unsigned prune_interval_ms; /* 0: no prune thread */
     size_t page_default;
     size_t page_max;
     size_t page_bytes;
@@ -73,6 +75,10 @@ typedef enum rs_route {
     ROUTE_ACKS_GET,
     ROUTE_HEALTHZ,
     ROUTE_METRICS,
+    ROUTE_SNAPSHOTS_POST,
+    ROUTE_SNAPSHOTS_GET,
+    ROUTE_SNAPSHOT_GET,
+    ROUTE_TEST_PRUNE,
     ROUTE_OTHER,
     ROUTE_COUNT
 } rs_route;
@@ -99,6 +105,37 @@ int rs_route_acks_post(rs_reply *out, struct MHD_Connection *conn, const char *b
 int rs_route_acks_get(rs_reply *out, struct MHD_Connection *conn);
 int rs_route_healthz(rs_reply *out, struct MHD_Connection *conn);
 int rs_route_metrics(rs_reply *out, struct MHD_Connection *conn);
+
+/* ---- snapshots.c ---- */
+
+int rs_route_snapshots_post(rs_reply *out, struct MHD_Connection *conn, const char *body,
+                            size_t len);
+int rs_route_snapshots_get(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_snapshot_get(rs_reply *out, struct MHD_Connection *conn);
+
+/* ---- prune.c ---- */
+
+typedef struct rs_snap_metrics {
+    atomic_uint_fast64_t runs;
+    atomic_uint_fast64_t errors;
+    atomic_uint_fast64_t records_pruned;
+    atomic_uint_fast64_t snapshots_deleted;
+    atomic_uint_fast64_t chunks_stored;
+    atomic_uint_fast64_t last_run_ms;
+} rs_snap_metrics;
+
+extern rs_snap_metrics rs_snap_stats;
+
+/* "90d", "12h", "30m", "2s" or "never" (0) into milliseconds; RS_EINVAL otherwise. */
+int rs_prune_parse_expiry(uint64_t *out_ms, const char *spec);
+/* Starts the prune thread (none when --prune-interval-ms is 0); stop joins it. */
+int rs_prune_start(void);
+void rs_prune_stop(void);
+/* One prune pass now, counted in the metrics. */
+int rs_prune_run(rs_prune_stats *out);
+int rs_route_test_prune(rs_reply *out, struct MHD_Connection *conn);
+/* The prune and snapshot metrics; `st` NULL when the database did not answer. */
+int rs_prune_metrics_render(rs_buf *out, const rs_backend_stats *st);
 
 /* ---- auth.c ---- */
 

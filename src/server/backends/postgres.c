@@ -16,6 +16,7 @@
  * when PostgreSQL does.
  */
 #include "../backend.h"
+#include "postgres_int.h"
 
 #include <libpq-fe.h>
 
@@ -28,10 +29,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define CHANNEL "recsync_events"
 #define MIGRATION_LOCK 0x72737963 /* pg_advisory_xact_lock key: "rsyc" */
-#define MAX_PARAMS 8
 
 /* Migrations: entry i takes the schema from version i to i + 1, in one transaction. */
 static const char *const migrations[SCHEMA_VERSION] = {
@@ -71,6 +71,8 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " user_id bigint NOT NULL, host bytea NOT NULL, tag text COLLATE \"C\" NOT NULL,"
     " device bytea NOT NULL, end_idx bigint NOT NULL, updated_ms bigint NOT NULL,"
     " PRIMARY KEY (user_id, host, tag, device));",
+    /* 2: snapshots and pruning (issue 11; postgres_snap.c). */
+    RS_PG_SNAPSHOT_MIGRATION,
 };
 
 enum stmt_id {
@@ -99,10 +101,11 @@ static const char *const stmt_sql[ST_COUNT] = {
                        " $3::int8) ON CONFLICT (name) DO NOTHING RETURNING user_id",
     [ST_USER_BY_NAME] = "SELECT user_id, pwhash FROM users WHERE name = $1::text",
     /* No row back: the host belongs to another user and nothing changed. */
-    [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms)"
-                      " VALUES ($1::bytea, $2::int8, $3::bytea, $4::bytea, $5::int8)"
-                      " ON CONFLICT (host) DO UPDATE SET token_id = excluded.token_id,"
-                      " token_hash = excluded.token_hash WHERE devices.user_id = excluded.user_id"
+    [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms,"
+                      " last_seen_ms) VALUES ($1::bytea, $2::int8, $3::bytea, $4::bytea, $5::int8,"
+                      " $5::int8) ON CONFLICT (host) DO UPDATE SET token_id = excluded.token_id,"
+                      " token_hash = excluded.token_hash, last_seen_ms = excluded.last_seen_ms"
+                      " WHERE devices.user_id = excluded.user_id"
                       " RETURNING user_id",
     [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name FROM devices d"
                      " JOIN users u ON u.user_id = d.user_id WHERE d.token_id = $1::bytea",
@@ -172,77 +175,6 @@ typedef struct pg_backend {
     int wake[2]; /* a pipe: close() writes to stop the listener */
     atomic_int stopping;
 } pg_backend;
-
-/* Positional parameters in binary format; integers kept in network order here. */
-typedef struct params {
-    int n;
-    const char *v[MAX_PARAMS];
-    int len[MAX_PARAMS];
-    int fmt[MAX_PARAMS];
-    unsigned char ints[MAX_PARAMS][8];
-} params;
-
-static void p_i64(params *p, int64_t x)
-{
-    uint64_t u = (uint64_t)x;
-    for (int i = 0; i < 8; i++)
-        p->ints[p->n][i] = (unsigned char)(u >> (56 - 8 * i));
-    p->v[p->n] = (const char *)p->ints[p->n];
-    p->len[p->n] = 8;
-    p->fmt[p->n] = 1;
-    p->n++;
-}
-
-static void p_bytes(params *p, const void *data, size_t len)
-{
-    p->v[p->n] = len ? (const char *)data : "";
-    p->len[p->n] = (int)len;
-    p->fmt[p->n] = 1;
-    p->n++;
-}
-
-static void p_text(params *p, const char *s)
-{
-    p_bytes(p, s, strlen(s));
-}
-
-static void p_uuid(params *p, const rs_uuid *id)
-{
-    p_bytes(p, id->bytes, sizeof(id->bytes));
-}
-
-static int is_null(const PGresult *r, int row, int col)
-{
-    return PQgetisnull(r, row, col);
-}
-
-/* An integer column of a binary result (int8 or int4); 0 for NULL. */
-static int64_t get_i64(const PGresult *r, int row, int col)
-{
-    if (PQgetisnull(r, row, col))
-        return 0;
-    const unsigned char *p = (const unsigned char *)PQgetvalue(r, row, col);
-    int len = PQgetlength(r, row, col);
-    uint64_t u = 0;
-    for (int i = 0; i < len && i < 8; i++)
-        u = (u << 8) | p[i];
-    if (len == 4)
-        return (int32_t)(uint32_t)u;
-    return (int64_t)u;
-}
-
-static void get_uuid(rs_uuid *out, const PGresult *r, int row, int col)
-{
-    if (!PQgetisnull(r, row, col) && PQgetlength(r, row, col) == (int)sizeof(out->bytes))
-        memcpy(out->bytes, PQgetvalue(r, row, col), sizeof(out->bytes));
-    else
-        memset(out->bytes, 0, sizeof(out->bytes));
-}
-
-static void get_tag(char *out, const PGresult *r, int row, int col)
-{
-    snprintf(out, RS_TAG_MAX + 1, "%s", PQgetisnull(r, row, col) ? "" : PQgetvalue(r, row, col));
-}
 
 /* The first line of libpq's message, without the trailing newline. */
 static void first_line(char *out, size_t size, const char *msg)
@@ -1026,10 +958,7 @@ static int pg_read_page(rs_backend *b, rs_page_result *out, int64_t user, const 
     uint64_t first = rows > 0 ? (uint64_t)get_i64(r, 0, 0) : 0;
     uint64_t end = rows > 0 ? (uint64_t)get_i64(r, 0, 1) : 0;
     if (start < first) {
-        char h[RS_UUID_STRLEN + 1];
-        rs_uuid_format(h, host);
-        err = rs__error(RS_EGONE, "shard %s/%s starts at idx %llu; records before it are pruned", h,
-                        tag, (unsigned long long)first);
+        err = rs_backend_pruned_error(host, tag, first);
         goto clear;
     }
     if (start >= end || limit == 0) {
@@ -1290,7 +1219,10 @@ static int pg_stats(rs_backend *b, rs_backend_stats *out)
     if ((err = qi(c, &r,
                   "SELECT (SELECT count(*) FROM users), (SELECT coalesce(sum(records), 0)::int8"
                   " FROM users), (SELECT coalesce(sum(bytes), 0)::int8 FROM users),"
-                  " (SELECT count(*) FROM devices), (SELECT count(*) FROM shards)",
+                  " (SELECT count(*) FROM devices), (SELECT count(*) FROM shards),"
+                  " (SELECT coalesce(sum(start_idx), 0)::int8 FROM shards),"
+                  " (SELECT count(*) FROM snapshots WHERE complete = 1),"
+                  " (SELECT coalesce(sum(bytes), 0)::int8 FROM snapshots WHERE complete = 1)",
                   &none, "reading totals")) < 0)
         goto done;
     out->users = (uint64_t)get_i64(r, 0, 0);
@@ -1298,6 +1230,9 @@ static int pg_stats(rs_backend *b, rs_backend_stats *out)
     out->bytes = (uint64_t)get_i64(r, 0, 2);
     out->devices = (uint64_t)get_i64(r, 0, 3);
     out->shards = (uint64_t)get_i64(r, 0, 4);
+    out->pruned_below = (uint64_t)get_i64(r, 0, 5);
+    out->snapshots = (uint64_t)get_i64(r, 0, 6);
+    out->snapshot_bytes = (uint64_t)get_i64(r, 0, 7);
     PQclear(r);
 done:
     conn_put(pb, c);
@@ -1413,6 +1348,32 @@ static void pg_close(rs_backend *b)
     rs_free(pb);
 }
 
+/* ---- for postgres_snap.c ---- */
+
+int rs__pg_conn_get(rs_backend *b, rs_pg_conn **out)
+{
+    conn *c;
+    int err = conn_get(&c, (pg_backend *)b);
+    if (err == 0)
+        *out = (rs_pg_conn *)c;
+    return err;
+}
+
+void rs__pg_conn_put(rs_backend *b, rs_pg_conn *c)
+{
+    conn_put((pg_backend *)b, (conn *)c);
+}
+
+int rs__pg_query(rs_pg_conn *c, PGresult **out, const char *sql, const params *p, const char *what)
+{
+    return qi((conn *)c, out, sql, p, what);
+}
+
+int rs__pg_exec(rs_pg_conn *c, const char *sql, const char *what)
+{
+    return exec((conn *)c, sql, what);
+}
+
 static const rs_backend_ops pg_ops = {
     .name = "postgres",
     .close = pg_close,
@@ -1430,6 +1391,11 @@ static const rs_backend_ops pg_ops = {
     .ack_floor = pg_ack_floor,
     .retain = pg_retain,
     .stats = pg_stats,
+    .device_touch = rs__pg_device_touch,
+    .snapshot_put_chunk = rs__pg_snapshot_put_chunk,
+    .snapshot_list = rs__pg_snapshot_list,
+    .snapshot_chunk_get = rs__pg_snapshot_chunk_get,
+    .prune = rs__pg_prune,
 };
 
 int rs_backend_postgres_open(rs_backend **out, const char *conninfo, const rs_backend_opts *opts)

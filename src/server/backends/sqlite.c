@@ -7,6 +7,7 @@
  * (user, host, tag, idx), so a page of a shard is one range scan.
  */
 #include "../backend.h"
+#include "sqlite_int.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -17,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 /*
  * Migrations: entry i takes the schema from version i to i + 1. Each runs
@@ -58,6 +59,8 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " user_id INTEGER NOT NULL, host BLOB NOT NULL, tag TEXT NOT NULL, device BLOB NOT NULL,"
     " end_idx INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
     " PRIMARY KEY (user_id, host, tag, device)) WITHOUT ROWID;",
+    /* 2: snapshots and pruning (issue 11; sqlite_snap.c). */
+    RS_SQLITE_SNAPSHOT_MIGRATION,
 };
 
 enum stmt_id {
@@ -94,9 +97,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_USER_INSERT] = "INSERT INTO users(name, pwhash, created_ms) VALUES (?1, ?2, ?3)",
     [ST_USER_BY_NAME] = "SELECT user_id, pwhash FROM users WHERE name = ?1",
     [ST_DEVICE_USER] = "SELECT user_id FROM devices WHERE host = ?1",
-    [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms)"
-                      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(host) DO UPDATE SET"
-                      " token_id = excluded.token_id, token_hash = excluded.token_hash",
+    [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms,"
+                      " last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(host) DO UPDATE"
+                      " SET token_id = excluded.token_id, token_hash = excluded.token_hash,"
+                      " last_seen_ms = excluded.last_seen_ms",
     [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name FROM devices d"
                      " JOIN users u ON u.user_id = d.user_id WHERE d.token_id = ?1",
     [ST_USER_SEQ] = "SELECT seq, floor FROM users WHERE user_id = ?1",
@@ -810,10 +814,7 @@ static int sqlite_read_page(rs_backend *b, rs_page_result *out, int64_t user, co
         goto done;
     }
     if (start < first) {
-        char h[RS_UUID_STRLEN + 1];
-        rs_uuid_format(h, host);
-        err = rs__error(RS_EGONE, "shard %s/%s starts at idx %llu; records before it are pruned", h,
-                        tag, (unsigned long long)first);
+        err = rs_backend_pruned_error(host, tag, first);
         goto done;
     }
     if (start >= end || limit == 0) {
@@ -1227,7 +1228,12 @@ static int sqlite_stats(rs_backend *b, rs_backend_stats *out)
         (err = query(c, &out->records, "SELECT total(records) FROM users", 0, 0, 0)) < 0 ||
         (err = query(c, &out->bytes, "SELECT total(bytes) FROM users", 0, 0, 0)) < 0 ||
         (err = query(c, &out->devices, "SELECT count(*) FROM devices", 0, 0, 0)) < 0 ||
-        (err = query(c, &out->shards, "SELECT count(*) FROM shards", 0, 0, 0)) < 0)
+        (err = query(c, &out->shards, "SELECT count(*) FROM shards", 0, 0, 0)) < 0 ||
+        (err = query(c, &out->pruned_below, "SELECT total(start_idx) FROM shards", 0, 0, 0)) < 0 ||
+        (err = query(c, &out->snapshots, "SELECT count(*) FROM snapshots WHERE complete = 1", 0, 0,
+                     0)) < 0 ||
+        (err = query(c, &out->snapshot_bytes,
+                     "SELECT total(bytes) FROM snapshots WHERE complete = 1", 0, 0, 0)) < 0)
         goto done;
     err = commit(c);
     out->checkpointer = (uint64_t)sb->ckpt_started;
@@ -1268,6 +1274,36 @@ static void sqlite_close(rs_backend *b)
     rs_free(sb);
 }
 
+/* ---- for sqlite_snap.c ---- */
+
+int rs__sqlite_conn_get(rs_backend *b, rs_sqlite_conn **out)
+{
+    conn *c;
+    int err = conn_get(&c, (sqlite_backend *)b);
+    if (err == 0)
+        *out = (rs_sqlite_conn *)c;
+    return err;
+}
+
+void rs__sqlite_conn_put(rs_backend *b, rs_sqlite_conn *c)
+{
+    conn_put((sqlite_backend *)b, (conn *)c);
+}
+
+sqlite3 *rs__sqlite_db(rs_sqlite_conn *c)
+{
+    return ((conn *)c)->db;
+}
+
+void rs__sqlite_write_lock(rs_backend *b, int lock)
+{
+    sqlite_backend *sb = (sqlite_backend *)b;
+    if (lock)
+        pthread_mutex_lock(&sb->write_lock);
+    else
+        pthread_mutex_unlock(&sb->write_lock);
+}
+
 static const rs_backend_ops sqlite_ops = {
     .name = "sqlite",
     .close = sqlite_close,
@@ -1285,6 +1321,11 @@ static const rs_backend_ops sqlite_ops = {
     .ack_floor = sqlite_ack_floor,
     .retain = sqlite_retain,
     .stats = sqlite_stats,
+    .device_touch = rs__sqlite_device_touch,
+    .snapshot_put_chunk = rs__sqlite_snapshot_put_chunk,
+    .snapshot_list = rs__sqlite_snapshot_list,
+    .snapshot_chunk_get = rs__sqlite_snapshot_chunk_get,
+    .prune = rs__sqlite_prune,
 };
 
 int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_opts *opts)
