@@ -151,7 +151,7 @@ typedef struct rs_snapshot_put_result {
 } rs_snapshot_put_result;
 
 /* A complete snapshot as listed; `frontier` valid only during the callback. */
-typedef struct rs_snapshot_info {
+typedef struct rs_snapshot_meta {
     rs_uuid id;
     char tag[RS_TAG_MAX + 1];
     uint64_t chunks;
@@ -160,13 +160,13 @@ typedef struct rs_snapshot_info {
     uint64_t created_ms;      /* when it became complete */
     const rs_shard *frontier; /* host and end; sorted by host */
     size_t frontier_count;
-} rs_snapshot_info;
+} rs_snapshot_meta;
 
 /* A snapshot listing callback: 0 to continue, < 0 to abort with that code. */
-typedef int (*rs_snapshot_cb)(const rs_snapshot_info *info, void *payload);
+typedef int (*rs_snapshot_cb)(const rs_snapshot_meta *info, void *payload);
 
 /* A chunk callback: `data` valid only during the call. */
-typedef int (*rs_chunk_cb)(const rs_snapshot_info *info, const uint8_t *data, size_t len,
+typedef int (*rs_chunk_cb)(const rs_snapshot_meta *info, const uint8_t *data, size_t len,
                            void *payload);
 
 /* What one prune pass does (snapshots.md, "Pruning"). */

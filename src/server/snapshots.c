@@ -184,7 +184,7 @@ done:
 }
 
 /* Appends one snapshot to the listing. */
-static int list_add(const rs_snapshot_info *info, void *payload)
+static int list_add(const rs_snapshot_meta *info, void *payload)
 {
     rs_buf *buf = payload;
     char id[RS_UUID_STRLEN + 1], h[RS_UUID_STRLEN + 1];
@@ -228,7 +228,7 @@ typedef struct chunk_ctx {
     uint64_t chunk;
 } chunk_ctx;
 
-static int chunk_add(const rs_snapshot_info *info, const uint8_t *data, size_t len, void *payload)
+static int chunk_add(const rs_snapshot_meta *info, const uint8_t *data, size_t len, void *payload)
 {
     chunk_ctx *ctx = payload;
     char id[RS_UUID_STRLEN + 1];

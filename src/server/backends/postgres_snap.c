@@ -316,7 +316,7 @@ int rs__pg_snapshot_list(rs_backend *b, int64_t user, const char *tag, rs_snapsh
         goto done;
     }
     for (int i = 0; err == 0 && i < rows;) {
-        rs_snapshot_info info;
+        rs_snapshot_meta info;
         memset(&info, 0, sizeof(info));
         get_uuid(&info.id, r, i, 0);
         get_tag(info.tag, r, i, 1);
@@ -371,7 +371,7 @@ int rs__pg_snapshot_chunk_get(rs_backend *b, int64_t user, const rs_uuid *id, ui
                             &p, "reading a snapshot chunk")) < 0)
         goto done;
     if (PQntuples(r) > 0) {
-        rs_snapshot_info info;
+        rs_snapshot_meta info;
         memset(&info, 0, sizeof(info));
         info.id = *id;
         get_tag(info.tag, r, 0, 0);

@@ -415,7 +415,7 @@ int rs__sqlite_snapshot_list(rs_backend *b, int64_t user, const char *tag, rs_sn
     if (tag)
         sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        rs_snapshot_info info;
+        rs_snapshot_meta info;
         memset(&info, 0, sizeof(info));
         column_uuid(&info.id, st, 0);
         column_tag(info.tag, st, 1);
@@ -462,7 +462,7 @@ int rs__sqlite_snapshot_chunk_get(rs_backend *b, int64_t user, const rs_uuid *id
     sqlite3_bind_int64(st, 3, (sqlite3_int64)chunk);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        rs_snapshot_info info;
+        rs_snapshot_meta info;
         memset(&info, 0, sizeof(info));
         info.id = *id;
         column_tag(info.tag, st, 0);
