@@ -16,13 +16,16 @@ recsyncd (with --test-hooks, so a test can run a prune pass at once).
 """
 
 import os
+import random
+import signal
 import sqlite3
 import subprocess
+import threading
 import time
 import unittest
 
 from device import Device, make_devices, server_url
-from harness import Client, ServerProcess, pg_bindir
+from harness import Client, ServerProcess, pg_bindir, recsync_bin
 
 
 def token_of(device):
@@ -241,6 +244,130 @@ class SnapshotTest(unittest.TestCase):
     def sqlite(self):
         return self.server.db.name == "sqlite"
 
+
+class SnapshotCrashTest(unittest.TestCase):
+    """SIGKILL while a snapshot is written, while a new device loads one, and
+    the server killed while it prunes: every store verifies after every
+    kill, and the next run completes with the same state."""
+
+    KILLS = 5
+    LINES = 12000
+
+    def setUp(self):
+        self.server = ServerProcess(self, args=["--prune-interval-ms", "0"], hooks=True)
+
+    def timed(self, device, *args):
+        t0 = time.monotonic()
+        device.run(*args)
+        return time.monotonic() - t0
+
+    def kill_during(self, device, span, *args):
+        """Starts `recsync ARGS` KILLS times, each SIGKILLed after a random part
+        of `span`; after each, verify passes. Returns how many died early."""
+        rng = random.Random(20261201)
+        killed = 0
+        for _ in range(self.KILLS):
+            p = subprocess.Popen([recsync_bin(), "--dir", device.dir] + list(args),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=dict(os.environ, RECSYNC_PASSWORD=device.password or ""))
+            device.procs.append(p)
+            time.sleep(rng.uniform(0.1, 0.9) * span)
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                killed += 1
+            p.wait(timeout=60)
+            device.verify()
+        return killed
+
+    def test_sigkill_while_writing_and_loading_a_snapshot(self):
+        a, = make_devices(self, self.server, 1, names=["a"])
+        hist = os.path.join(os.path.dirname(a.dir), "bash_history")
+        with open(hist, "w") as f:
+            for i in range(self.LINES):
+                f.write("echo line-%d %s\n" % (i, "x" * (i % 40)))
+        a.run("history", "import", "bash", hist)
+        a.sync()
+        span = self.timed(a, "snapshot", "history")
+        killed = self.kill_during(a, span, "snapshot", "history")
+        a.run("snapshot", "history")
+        a.verify()
+
+        b = Device(self, "b", key=a.key_export())
+        b.login(server_url(self.server), a_user(a), a.password)
+        probe = Device(self, "probe", key=a.key_export())
+        probe.login(server_url(self.server), a_user(a), a.password)
+        span = self.timed(probe, "sync")
+        killed += self.kill_during(b, span, "sync")
+        self.assertGreater(killed, 0, "some kills landed before the command ended")
+        b.sync()
+        b.verify()
+        self.assertEqual(history_state(b), history_state(a))
+        self.assertEqual(history_state(probe), history_state(a))
+
+    def test_server_killed_while_pruning(self):
+        a, b = make_devices(self, self.server, 2, names=["a", "b"])
+        hist = os.path.join(os.path.dirname(a.dir), "bash_history")
+        with open(hist, "w") as f:
+            for i in range(self.LINES):
+                f.write("echo prune-%d\n" % i)
+        a.run("history", "import", "bash", hist)
+        a.sync()
+        b.sync()
+        a.run("snapshot", "history")
+        a.sync()
+        b.sync()
+        rng = random.Random(7)
+        landed = 0
+        for _ in range(4):
+            done = threading.Event()
+
+            def prune():
+                c = Client(self.server.port, token=token_of(a), timeout=30)
+                try:
+                    c.post("/api/v1/test/prune", {})
+                    done.set()
+                except Exception:
+                    pass
+                finally:
+                    c.close()
+
+            t = threading.Thread(target=prune, daemon=True)
+            t.start()
+            time.sleep(rng.uniform(0.002, 0.03))
+            self.server.kill()
+            t.join(30)
+            landed += not done.is_set()
+            self.server.start()
+            c = Client(self.server.port, token=token_of(a), timeout=30)
+            try:
+                r = c.get("/api/v1/index")
+                self.assertEqual(r.status, 200, r)
+                start, end = [(s["start"], s["end"]) for s in r.json["shards"]
+                              if s["host"] == a.host and s["tag"] == "history"][0]
+                self.assertEqual(end, self.LINES)
+                page = c.get("/api/v1/records?host=%s&tag=history&start=%d&limit=3"
+                             % (a.host, start))
+                self.assertEqual(page.status, 200, page)
+                self.assertEqual([x["idx"] for x in page.json["records"]],
+                                 list(range(start, min(start + 3, end))),
+                                 "the shard holds its records from its start after the kill")
+                if start > 0:
+                    below = c.get("/api/v1/records?host=%s&tag=history&start=%d"
+                                  % (a.host, start - 1))
+                    self.assertEqual(below.status, 410, below)
+            finally:
+                c.close()
+        self.assertGreater(landed, 0, "some kills landed while the prune pass ran")
+        c = Client(self.server.port, token=token_of(a), timeout=30)
+        try:
+            self.assertEqual(c.post("/api/v1/test/prune", {}).status, 200)
+        finally:
+            c.close()
+        d = Device(self, "d", key=a.key_export())
+        d.login(server_url(self.server), a_user(a), a.password)
+        d.sync()
+        d.verify()
+        self.assertEqual(history_state(d), history_state(a))
 
 def a_user(device):
     con = sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True, timeout=30)
