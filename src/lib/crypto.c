@@ -22,6 +22,7 @@
 _Static_assert(OFF_CIPHERTEXT + TAG_BYTES == RS_ENVELOPE_OVERHEAD, "envelope layout");
 
 static const char key_id_context[] = "recsync key id v1";
+static const char chain_context[] = "recsync chain key v1";
 
 static void compute_key_id(uint8_t *out, const uint8_t *key)
 {
@@ -41,6 +42,13 @@ int rs__key_from_bytes(rs_key **out, const uint8_t *bytes)
     }
     memcpy(key->bytes, bytes, RS_KEY_BYTES);
     compute_key_id(key->id, key->bytes);
+    key->chain = sodium_malloc(RS_CHAIN_BYTES);
+    if (key->chain == NULL) {
+        rs__key_free(key);
+        return rs__error(RS_ENOMEM, "out of secure memory for the chain key");
+    }
+    crypto_generichash(key->chain, RS_CHAIN_BYTES, (const uint8_t *)chain_context,
+                       sizeof(chain_context) - 1, key->bytes, RS_KEY_BYTES);
     *out = key;
     return 0;
 }
@@ -59,6 +67,8 @@ void rs__key_free(rs_key *key)
     if (key == NULL)
         return;
     sodium_free(key->bytes);
+    if (key->chain)
+        sodium_free(key->chain);
     rs_free(key);
 }
 
@@ -129,7 +139,8 @@ int rs__key_from_text(rs_key **out, const char *text)
  * id. A server that moves a record to another shard or idx, or edits any
  * header field, makes both AEADs fail.
  */
-static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id)
+static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id,
+                       const char *magic)
 {
     size_t n = 0, taglen = strlen(rec->tag);
     memcpy(ad + n, rec->id.bytes, 16);
@@ -145,15 +156,34 @@ static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id)
         ad[n++] = (uint8_t)(rec->hlc >> (8 * i));
     for (int i = 3; i >= 0; i--)
         ad[n++] = (uint8_t)(rec->version >> (8 * i));
-    memcpy(ad + n, RS_ENVELOPE_MAGIC, 4);
+    memcpy(ad + n, magic, 4);
     n += 4;
     memcpy(ad + n, key_id, RS_KEY_ID_BYTES);
     n += RS_KEY_ID_BYTES;
     return n;
 }
 
+static int seal(uint8_t *out, const rs_key *key, const rs_record *rec, const char *magic,
+                const uint8_t *prefix, size_t prefix_len, const uint8_t *plain, size_t len);
+
 int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_t *plain,
              size_t len)
+{
+    return seal(out, key, rec, RS_ENVELOPE_MAGIC, NULL, 0, plain, len);
+}
+
+int rs__seal_chained(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_t *prev,
+                     const uint8_t *plain, size_t len)
+{
+    return seal(out, key, rec, RS_ENVELOPE_MAGIC_CHAINED, prev, RS_CHAIN_BYTES, plain, len);
+}
+
+/*
+ * Seals prefix || plain (the prefix: a chained record's predecessor) under
+ * a fresh CEK wrapped by the master key, header and magic as AD.
+ */
+static int seal(uint8_t *out, const rs_key *key, const rs_record *rec, const char *magic,
+                const uint8_t *prefix, size_t prefix_len, const uint8_t *plain, size_t len)
 {
     /* Both nonces and the CEK from one draw of the random pool (random.c). */
     uint8_t ad[AD_MAX], fresh[2 * NONCE_BYTES + RS_KEY_BYTES];
@@ -163,23 +193,46 @@ int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_
     if (strlen(rec->tag) > RS_TAG_MAX)
         return rs__error(RS_EINVAL, "tag '%.70s' is longer than %d characters", rec->tag,
                          RS_TAG_MAX);
-    adlen = build_ad(ad, rec, key->id);
+    adlen = build_ad(ad, rec, key->id, magic);
     rs__random(fresh, sizeof(fresh));
-    memcpy(out, RS_ENVELOPE_MAGIC, 4);
+    memcpy(out, magic, 4);
     memcpy(out + OFF_KEY_ID, key->id, RS_KEY_ID_BYTES);
     memcpy(out + OFF_WRAP_NONCE, fresh, NONCE_BYTES);
     memcpy(out + OFF_NONCE, fresh + NONCE_BYTES, NONCE_BYTES);
     crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_WRAPPED, NULL, cek, RS_KEY_BYTES, ad,
                                                adlen, NULL, out + OFF_WRAP_NONCE, key->bytes);
-    crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_CIPHERTEXT, NULL, plain, len, ad, adlen,
-                                               NULL, out + OFF_NONCE, cek);
+    if (prefix_len == 0) {
+        crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_CIPHERTEXT, NULL, plain, len, ad,
+                                                   adlen, NULL, out + OFF_NONCE, cek);
+    } else {
+        /* Encrypted in place: prefix and payload laid out where the ciphertext goes. */
+        memcpy(out + OFF_CIPHERTEXT, prefix, prefix_len);
+        if (len)
+            memcpy(out + OFF_CIPHERTEXT + prefix_len, plain, len);
+        crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_CIPHERTEXT, NULL,
+                                                   out + OFF_CIPHERTEXT, prefix_len + len, ad,
+                                                   adlen, NULL, out + OFF_NONCE, cek);
+    }
     sodium_memzero(fresh, sizeof(fresh));
+    return 0;
+}
+
+/* Whether `data` starts with a magic this build opens: 1 format 1, 2 format 2, else 0. */
+static int envelope_format(const uint8_t *data, size_t len)
+{
+    if (len < RS_ENVELOPE_OVERHEAD)
+        return 0;
+    if (memcmp(data, RS_ENVELOPE_MAGIC, 4) == 0)
+        return 1;
+    if (memcmp(data, RS_ENVELOPE_MAGIC_CHAINED, 4) == 0 &&
+        len >= RS_ENVELOPE_OVERHEAD + RS_CHAIN_BYTES)
+        return 2;
     return 0;
 }
 
 int rs__envelope_key_id(uint8_t *out, const uint8_t *data, size_t len)
 {
-    if (len < RS_ENVELOPE_OVERHEAD || memcmp(data, RS_ENVELOPE_MAGIC, 4) != 0)
+    if (envelope_format(data, len) == 0)
         return rs__error(RS_ECRYPTO, "not a recsync envelope (%zu bytes, bad magic or too short)",
                          len);
     memcpy(out, data + OFF_KEY_ID, RS_KEY_ID_BYTES);
@@ -188,13 +241,23 @@ int rs__envelope_key_id(uint8_t *out, const uint8_t *data, size_t len)
 
 int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *rec)
 {
+    return rs__open_chained(out, out_len, NULL, NULL, key, rec);
+}
+
+int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained,
+                     const rs_key *key, const rs_record *rec)
+{
     uint8_t ad[AD_MAX], cek[RS_KEY_BYTES], *scratch = NULL;
     char name[200];
     size_t adlen, plain_len;
     unsigned long long cek_len = 0;
-    int err = 0;
+    int err = 0, format = envelope_format(rec->data, rec->data_len);
 
-    if (rec->data_len < RS_ENVELOPE_OVERHEAD || memcmp(rec->data, RS_ENVELOPE_MAGIC, 4) != 0) {
+    if (chained)
+        *chained = format == 2;
+    if (prev)
+        memset(prev, 0, RS_CHAIN_BYTES);
+    if (format == 0) {
         rs__record_name(name, sizeof(name), rec);
         return rs__error(RS_ECRYPTO, "%s is not a recsync envelope (%zu bytes)", name,
                          rec->data_len);
@@ -210,7 +273,7 @@ int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *
     if (strlen(rec->tag) > RS_TAG_MAX)
         return rs__error(RS_EINVAL, "tag '%.70s' is longer than %d characters", rec->tag,
                          RS_TAG_MAX);
-    adlen = build_ad(ad, rec, key->id);
+    adlen = build_ad(ad, rec, key->id, format == 2 ? RS_ENVELOPE_MAGIC_CHAINED : RS_ENVELOPE_MAGIC);
     if (crypto_aead_xchacha20poly1305_ietf_decrypt(cek, &cek_len, NULL, rec->data + OFF_WRAPPED,
                                                    RS_KEY_BYTES + TAG_BYTES, ad, adlen,
                                                    rec->data + OFF_WRAP_NONCE, key->bytes) != 0 ||
@@ -220,7 +283,7 @@ int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *
     }
     plain_len = rec->data_len - RS_ENVELOPE_OVERHEAD;
     if (out == NULL) {
-        out = scratch = rs__malloc(plain_len);
+        out = scratch = rs__malloc(plain_len ? plain_len : 1);
         if (scratch == NULL) {
             err = rs__error(RS_ENOMEM, "out of memory opening a record");
             goto done;
@@ -233,12 +296,18 @@ int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *
         err = rs__error(RS_ECRYPTO, "%s does not open: its ciphertext was altered", name);
         goto done;
     }
+    if (format == 2) {
+        if (prev)
+            memcpy(prev, out, RS_CHAIN_BYTES);
+        plain_len -= RS_CHAIN_BYTES;
+        memmove(out, out + RS_CHAIN_BYTES, plain_len);
+    }
     if (out_len)
         *out_len = plain_len;
 done:
     sodium_memzero(cek, sizeof(cek));
     if (scratch) {
-        sodium_memzero(scratch, plain_len);
+        sodium_memzero(scratch, rec->data_len - RS_ENVELOPE_OVERHEAD);
         rs_free(scratch);
     }
     return err;

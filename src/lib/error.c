@@ -59,6 +59,8 @@ const char *rs_strerror(int code)
         return "server temporarily unavailable";
     case RS_EQUOTA:
         return "storage quota exceeded";
+    case RS_ECHAIN:
+        return "hash chain broken: the server dropped, forked or rolled back records";
     default:
         return "unknown error";
     }

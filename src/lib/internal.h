@@ -75,9 +75,13 @@ int rs__unhex(uint8_t *out, size_t len, const char *text);
 #define RS_ENVELOPE_MAGIC "RSE1"
 #define RS_ENVELOPE_OVERHEAD (4 + 8 + 24 + 32 + 16 + 24 + 16)
 
+#define RS_ENVELOPE_MAGIC_CHAINED "RSE2"
+#define RS_CHAIN_BYTES 32
+
 typedef struct rs_key {
     uint8_t *bytes; /* RS_KEY_BYTES in sodium_malloc memory */
     uint8_t id[RS_KEY_ID_BYTES];
+    uint8_t *chain; /* RS_CHAIN_BYTES: the key of the shards' hash chains (chain.c) */
 } rs_key;
 
 int rs__key_new(rs_key **out);
@@ -108,6 +112,25 @@ int rs__seal(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_
  */
 int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *rec);
 
+/*
+ * Format 2 ("RSE2", chained): the same layout, the sealed plaintext being
+ * the hash chain's previous head (RS_CHAIN_BYTES) followed by the payload,
+ * so the predecessor is authenticated with the record and bound to its
+ * header. out holds rs__envelope_len(len) + RS_CHAIN_BYTES bytes. Every
+ * record written since this format is chained; format 1 ("RSE1") records
+ * of older stores still open, without a predecessor.
+ */
+int rs__seal_chained(uint8_t *out, const rs_key *key, const rs_record *rec, const uint8_t *prev,
+                     const uint8_t *plain, size_t len);
+
+/*
+ * As rs__open; for a format 2 record also the predecessor it names into
+ * prev (RS_CHAIN_BYTES) with *chained = 1 (0 for format 1, prev zeroed).
+ * `out` still needs rec->data_len - RS_ENVELOPE_OVERHEAD bytes.
+ */
+int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained,
+                     const rs_key *key, const rs_record *rec);
+
 /* The key id an envelope names, without opening it. RS_ECRYPTO if malformed. */
 int rs__envelope_key_id(uint8_t *out, const uint8_t *data, size_t len);
 
@@ -130,6 +153,7 @@ struct rs_store {
     rs_hlc clock_saved; /* the value last written to meta */
     rs_store_opts opts;
     int explicit_txn; /* inside rs_store_begin ... commit */
+    int chain_backfill; /* the schema was migrated from before chains: heads to compute */
     rs_tag_entry *tags;
     size_t tag_count;
     rs_warning_cb warn;
@@ -152,6 +176,29 @@ struct rs_store {
  */
 int rs__snapshot_load_base(rs_store *store, const char *tag, const rs_tag_def *def);
 int rs__snapshot_covers(rs_store *store, const rs_shard *shard);
+
+/*
+ * Hash chains (chain.c). Each shard's records form a chain: record i seals
+ * head(i-1) with its payload (format 2), and head(i) is a BLAKE2b-256 keyed
+ * with the chain key (derived from the master key) over the record's header
+ * and envelope. rs__chain_start is the value a shard's first record chains
+ * from; rs__chain_break is the RS_ECHAIN error naming the record, what it
+ * chains to and what the store holds before it.
+ */
+void rs__chain_start(uint8_t *out, const rs_key *key, const rs_uuid *host, const char *tag);
+void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec);
+int rs__chain_break(const rs_record *rec, const uint8_t *prev, const uint8_t *expected);
+/* Computes the heads of records and shards that have none (a store made before chains). */
+int rs__chain_backfill(rs_store *store);
+/*
+ * The head a record at `idx` of shard (host, tag) chains from: the chain's
+ * start at 0, else the stored head of record idx - 1, else the shard's
+ * start head when it starts at idx. *known = 0 when the store has none.
+ */
+int rs__chain_head_before(uint8_t *out, int *known, rs_store *store, const rs_uuid *host,
+                          const char *tag, uint64_t idx);
+/* Recomputes the heads of every record of shard (host, tag) and the shard's own. */
+int rs__chain_reshard(rs_store *store, const rs_uuid *host, const char *tag);
 
 /* Runs `sql` (no results) on the store's database, naming `what` on failure. */
 int rs__exec(rs_store *store, const char *sql, const char *what);

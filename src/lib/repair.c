@@ -161,6 +161,8 @@ static int cut_shard(rs_store *store, const rs_uuid *host, const char *tag, uint
     if (err == 0)
         err = exec_shard(store, "UPDATE shards SET end = ?3 WHERE host = ?1 AND tag = ?2", host,
                          tag, idx, "cutting a damaged shard back");
+    if (err == 0)
+        err = rs__chain_reshard(store, host, tag);
     return err;
 }
 
@@ -225,27 +227,32 @@ static int drop_lost(rs_repair_report *r, rs_store *store, const rs_uuid *host, 
                      uint64_t idx)
 {
     collect_state cs = {store, idx, NULL, 0, 0, 0};
-    uint8_t *env = NULL;
+    uint8_t *env = NULL, prev[RS_CHAIN_BYTES];
     size_t env_cap = 0;
-    int err;
+    int err, known = 0;
 
     if ((err = rs_store_range(store, host, tag, idx, UINT64_MAX, collect_one, &cs)) < 0 ||
+        (err = rs__chain_head_before(prev, &known, store, host, tag, idx)) < 0 ||
         (err = cut_shard(store, host, tag, idx)) < 0)
         goto done;
+    if (!known)
+        rs__chain_start(prev, store->key, host, tag);
     for (size_t i = 0; i < cs.count; i++) {
         moved *m = &cs.list[i];
         m->rec.idx = idx + i;
-        if ((err = reserve(&env, &env_cap, rs__envelope_len(m->len))) < 0 ||
-            (err = rs__seal(env, store->key, &m->rec, m->plain, m->len)) < 0)
+        if ((err = reserve(&env, &env_cap, rs__envelope_len(m->len) + RS_CHAIN_BYTES)) < 0 ||
+            (err = rs__seal_chained(env, store->key, &m->rec, prev, m->plain, m->len)) < 0)
             goto done;
         m->rec.data = env;
-        m->rec.data_len = rs__envelope_len(m->len);
+        m->rec.data_len = rs__envelope_len(m->len) + RS_CHAIN_BYTES;
+        rs__chain_head(prev, store->key, &m->rec);
         if ((err = put_record(store, &m->rec)) < 0)
             goto done;
         m->rec.data = NULL;
     }
-    err = exec_shard(store, "UPDATE shards SET end = ?3 WHERE host = ?1 AND tag = ?2", host, tag,
-                     idx + cs.count, "repairing a shard");
+    if ((err = exec_shard(store, "UPDATE shards SET end = ?3 WHERE host = ?1 AND tag = ?2", host,
+                          tag, idx + cs.count, "repairing a shard")) == 0)
+        err = rs__chain_reshard(store, host, tag);
     r->dropped += 1 + cs.lost;
     r->resealed += cs.count;
 done:
@@ -291,7 +298,7 @@ static int restore_own(rs_repair_report *r, rs_store *store, rs_client *client, 
              (unsigned long long)d->idx, rs_error_last());
         return 1;
     }
-    if ((err = put_record(store, rec)) < 0)
+    if ((err = put_record(store, rec)) < 0 || (err = rs__chain_reshard(store, &d->host, d->tag)) < 0)
         return err;
     r->restored++;
     step(r, cb, payload, 0, "shard %s idx %llu: restored from the server's copy", shard,

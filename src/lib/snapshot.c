@@ -8,7 +8,8 @@
  * into chunks of about CHUNK_TARGET bytes, each sealed with
  * XChaCha20-Poly1305 under the master key:
  *
- *   chunk     = [u32 length | item] ...          (chunk 0 starts with the u64 clock)
+ *   chunk     = [u32 length | item] ...          (chunk 0 starts with the header below)
+ *   header    = u64 clock | u32 n | n x (host (16) | u64 end | chain head (32))
  *   envelope  = "RSS1" | key id (8) | nonce (24) | ciphertext + tag (16)
  *   AD        = "RSS1" | snapshot id (16) | u8 tag length | tag | u32 chunk index
  *               | u8 last | frontier digest (32) | key id (8)
@@ -18,6 +19,9 @@
  * chunk to another snapshot or position, nor cut a snapshot short (the last
  * chunk says it is the last). The clock is the writer's HLC when it wrote:
  * a loading device merges it, so its next writes order after the state.
+ * The heads are the hash chain's head at each frontier end (chain.c): the
+ * first record a loading device pulls above the frontier must chain from
+ * it, so the server cannot splice another history onto a snapshot.
  *
  * The store keeps the newest snapshot of each tag it wrote or loaded
  * (tables snapshots and snapshot_chunks), sealed: it is what a rebuild
@@ -40,6 +44,20 @@
 #define AD_MAX (4 + 16 + 1 + RS_TAG_MAX + 4 + 1 + DIGEST_BYTES + RS_KEY_ID_BYTES)
 #define CHUNK_TARGET (1u << 20)
 #define SHARD_NAME (RS_UUID_STRLEN + RS_TAG_MAX + 2)
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int b = 0; b < 8; b++)
+        p[b] = (uint8_t)(v >> (56 - 8 * b));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int b = 0; b < 8; b++)
+        v = v << 8 | p[b];
+    return v;
+}
 
 /* ---- frontiers ---- */
 
@@ -351,20 +369,6 @@ typedef struct writer {
     uint64_t bytes;
 } writer;
 
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int b = 0; b < 8; b++)
-        p[b] = (uint8_t)(v >> (56 - 8 * b));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int b = 0; b < 8; b++)
-        v = v << 8 | p[b];
-    return v;
-}
-
 /* Seals and keeps the chunk collected so far as chunk w->n. */
 static int flush_chunk(writer *w, int last)
 {
@@ -401,6 +405,55 @@ static int emit(void *ctx, const void *item, size_t len)
     if ((err = rs_buf_put(&w->chunk, hdr, 4)) < 0 || (err = rs_buf_put(&w->chunk, item, len)) < 0)
         return err;
     w->items++;
+    return 0;
+}
+
+/* The header's heads: each frontier entry's host, end and the chain's head there. */
+static int put_heads(rs_buf *out, rs_store *store, const rs_index *frontier)
+{
+    uint8_t n[4], entry[16 + 8 + RS_CHAIN_BYTES];
+    int err, known;
+    for (int b = 0; b < 4; b++)
+        n[b] = (uint8_t)(frontier->count >> (24 - 8 * b));
+    if ((err = rs_buf_put(out, n, 4)) < 0)
+        return err;
+    for (size_t i = 0; i < frontier->count; i++) {
+        const rs_shard *f = &frontier->shards[i];
+        memcpy(entry, f->host.bytes, 16);
+        put_u64(entry + 16, f->end);
+        if ((err = rs__chain_head_before(entry + 24, &known, store, &f->host, f->tag, f->end)) < 0)
+            return err;
+        if (!known)
+            memset(entry + 24, 0, RS_CHAIN_BYTES);
+        if ((err = rs_buf_put(out, entry, sizeof(entry))) < 0)
+            return err;
+    }
+    return 0;
+}
+
+/* The size of chunk 0's header, or 0 when it is malformed. */
+static size_t header_len(const uint8_t *p, size_t len)
+{
+    if (len < 12)
+        return 0;
+    size_t n = (size_t)p[8] << 24 | (size_t)p[9] << 16 | (size_t)p[10] << 8 | p[11];
+    if (n > (len - 12) / (16 + 8 + RS_CHAIN_BYTES))
+        return 0;
+    return 12 + n * (16 + 8 + RS_CHAIN_BYTES);
+}
+
+/* The head chunk 0's header gives for `host` at `end`: 1 found (non-zero), else 0. */
+static int header_head(uint8_t *out, const uint8_t *p, size_t len, const rs_uuid *host,
+                       uint64_t end)
+{
+    static const uint8_t zero[RS_CHAIN_BYTES] = {0};
+    size_t hl = header_len(p, len);
+    for (size_t off = 12; hl && off < hl; off += 16 + 8 + RS_CHAIN_BYTES)
+        if (memcmp(p + off, host->bytes, 16) == 0 && get_u64(p + off + 16) == end &&
+            memcmp(p + off + 24, zero, RS_CHAIN_BYTES) != 0) {
+            memcpy(out, p + off + 24, RS_CHAIN_BYTES);
+            return 1;
+        }
     return 0;
 }
 
@@ -485,7 +538,7 @@ int rs_snapshot_write(rs_snapshot_info *out, rs_store *store, const char *tag)
         goto fail;
     frontier_digest(w.sk.digest, frontier);
     put_u64(clock, store->clock.last);
-    if ((err = rs_buf_put(&w.chunk, clock, 8)) < 0)
+    if ((err = rs_buf_put(&w.chunk, clock, 8)) < 0 || (err = put_heads(&w.chunk, store, frontier)) < 0)
         goto fail;
     if ((err = def->snapshot_write(store->db, emit, &w, def->payload)) < 0) {
         rs__error(err, "writing the snapshot of %s: %s", tag, rs_error_last());
@@ -635,10 +688,9 @@ static int load_items(rs_store *store, const rs_tag_def *def, const snap_key *sk
     int err;
     rs_uuid_format(id, &sk->id);
     if (n == 0) {
-        if (len < 8)
-            return rs__error(RS_ECRYPTO, "snapshot %s of %s has no clock", id, sk->tag);
+        if ((off = header_len(p, len)) == 0)
+            return rs__error(RS_ECRYPTO, "snapshot %s of %s has no header", id, sk->tag);
         *clock = get_u64(p);
-        off = 8;
     }
     while (off < len) {
         uint32_t il;
@@ -885,7 +937,8 @@ static int usable(const listed *l, const char *tag, const rs_index *local, const
 
 /* Fetches chunk n of `l`, checks it opens, and keeps it (sealed) in the store. */
 static int fetch_chunk(rs_store *store, rs_client *client, const listed *l, uint32_t n,
-                       uint8_t **buf, size_t *cap, uint64_t *bytes)
+                       uint8_t **buf, size_t *cap, uint64_t *bytes, uint8_t **first,
+                       size_t *first_len)
 {
     char path[160], id[RS_UUID_STRLEN + 1];
     const rs_buf *resp;
@@ -925,8 +978,17 @@ static int fetch_chunk(rs_store *store, rs_client *client, const listed *l, uint
     if ((err = open_chunk(&plain, &plain_len, store->key, &l->sk, n, n + 1 == l->chunks, *buf,
                           len)) < 0)
         return err;
-    sodium_memzero(plain, plain_len);
-    rs_free(plain);
+    if (n == 0 && header_len(plain, plain_len) == 0) {
+        rs_free(plain);
+        return rs__error(RS_ECRYPTO, "snapshot %s has no header", id);
+    }
+    if (n == 0) {
+        *first = plain;
+        *first_len = plain_len;
+    } else {
+        sodium_memzero(plain, plain_len);
+        rs_free(plain);
+    }
     *bytes += len;
     return put_chunk(store, &l->sk.id, n, *buf, len);
 }
@@ -937,23 +999,45 @@ static int fetch_chunk(rs_store *store, rs_client *client, const listed *l, uint
  * of, starts and ends there.
  */
 static int cut_to_frontier(rs_store *store, const char *tag, const rs_index *frontier,
-                           const rs_index *local)
+                           const rs_index *local, const uint8_t *first, size_t first_len)
 {
     int err = 0;
     for (size_t i = 0; i < frontier->count && err == 0; i++) {
         const rs_shard *f = &frontier->shards[i], *ls = find(local, &f->host, tag);
         uint64_t end = ls && ls->end > f->end ? ls->end : f->end;
+        uint8_t head[RS_CHAIN_BYTES], mine[RS_CHAIN_BYTES];
+        int has = header_head(head, first, first_len, &f->host, f->end), known = 0;
         sqlite3_stmt *st = NULL;
-        if ((err = shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
+        /* Where this store holds the chain at the frontier, the snapshot must agree. */
+        if (has && ls && ls->end >= f->end &&
+            (err = rs__chain_head_before(mine, &known, store, &f->host, tag, f->end)) == 0 &&
+            known && sodium_memcmp(mine, head, RS_CHAIN_BYTES) != 0) {
+            char name[SHARD_NAME];
+            rs__shard_name(name, sizeof(name), &f->host, tag);
+            err = rs__error(RS_ECHAIN,
+                            "the snapshot says shard %s reaches idx %llu through another history "
+                            "than this store holds: the server forked the shard",
+                            name, (unsigned long long)f->end);
+        }
+        if (err < 0 ||
+            (err = shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
                               &f->host, tag, f->end, "cutting a shard to a snapshot")) < 0 ||
             (err = prep(store, &st,
-                        "INSERT INTO shards(host, tag, start, end) VALUES (?1, ?2, ?3, ?4) "
+                        "INSERT INTO shards(host, tag, start, end, start_head) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5) "
                         "ON CONFLICT(host, tag) DO UPDATE SET start = excluded.start, "
-                        "end = excluded.end")) < 0)
+                        "end = excluded.end, start_head = excluded.start_head")) < 0)
             break;
         bind_shard(st, &f->host, tag, f->end);
         sqlite3_bind_int64(st, 4, (sqlite3_int64)end);
-        err = done_step(store, st, "cutting a shard to a snapshot");
+        if (has)
+            sqlite3_bind_blob(st, 5, head, RS_CHAIN_BYTES, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 5);
+        if ((err = done_step(store, st, "cutting a shard to a snapshot")) == 0 && end == f->end)
+            err = shard_exec(store, "UPDATE shards SET head = start_head WHERE host = ?1 AND "
+                                    "tag = ?2 AND end = ?3",
+                             &f->host, tag, end, "cutting a shard to a snapshot");
     }
     return err;
 }
@@ -966,8 +1050,8 @@ static int cut_to_frontier(rs_store *store, const char *tag, const rs_index *fro
 static int load_listed(rs_snapshot_info *info, rs_store *store, rs_client *client,
                        const listed *l, const char *tag, const rs_index *local)
 {
-    uint8_t *buf = NULL;
-    size_t cap = 0;
+    uint8_t *buf = NULL, *first = NULL;
+    size_t cap = 0, first_len = 0;
     uint64_t bytes = 0, started = rs_now_ms();
     rs_buf fj = {0};
     int err;
@@ -975,12 +1059,16 @@ static int load_listed(rs_snapshot_info *info, rs_store *store, rs_client *clien
     if ((err = rs_store_begin(store)) < 0)
         return err;
     for (uint32_t n = 0; n < l->chunks && err == 0; n++)
-        err = fetch_chunk(store, client, l, n, &buf, &cap, &bytes);
+        err = fetch_chunk(store, client, l, n, &buf, &cap, &bytes, &first, &first_len);
     if (err == 0 && (err = frontier_json(&fj, l->frontier)) == 0 &&
         (err = put_snapshot(store, &l->sk, fj.ptr, l->chunks, 1, 1)) == 0 &&
         (err = drop_others(store, tag, &l->sk.id)) == 0 &&
-        (err = cut_to_frontier(store, tag, l->frontier, local)) == 0)
+        (err = cut_to_frontier(store, tag, l->frontier, local, first, first_len)) == 0)
         err = rs_store_rebuild(store, tag);
+    if (first) {
+        sodium_memzero(first, first_len);
+        rs_free(first);
+    }
     if (err == 0)
         err = rs_store_commit(store);
     else
@@ -1092,10 +1180,22 @@ int rs__snapshot_compact(uint64_t *out, rs_store *store, const rs_index *remote)
         if (!begun && (err = rs_store_begin(store)) < 0)
             break;
         begun = 1;
-        if ((err = shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
+        uint8_t head[RS_CHAIN_BYTES];
+        int known = 0;
+        sqlite3_stmt *st = NULL;
+        if ((err = rs__chain_head_before(head, &known, store, &ls->host, ls->tag, to)) < 0 ||
+            (err = shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
                               &ls->host, ls->tag, to, "compacting a shard")) < 0 ||
-            (err = shard_exec(store, "UPDATE shards SET start = ?3 WHERE host = ?1 AND tag = ?2",
-                              &ls->host, ls->tag, to, "compacting a shard")) < 0)
+            (err = prep(store, &st,
+                        "UPDATE shards SET start = ?3, start_head = ?4 WHERE host = ?1 AND "
+                        "tag = ?2")) < 0)
+            break;
+        bind_shard(st, &ls->host, ls->tag, to);
+        if (known)
+            sqlite3_bind_blob(st, 4, head, RS_CHAIN_BYTES, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 4);
+        if ((err = done_step(store, st, "compacting a shard")) < 0)
             break;
         dropped += to - ls->start;
     }

@@ -44,6 +44,18 @@ static const char *const migrations[] = {
     "CREATE TABLE snapshot_chunks("
     "  id BLOB NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL,"
     "  PRIMARY KEY(id, n)) WITHOUT ROWID;",
+    /*
+     * 3: hash chains (chain.c): each record's head, each shard's head at its
+     * end and the head its first record chains from; heads other devices
+     * claimed in their checkpoints. Existing rows get their heads computed
+     * when the store opens (rs__chain_backfill).
+     */
+    "ALTER TABLE records ADD COLUMN head BLOB;"
+    "ALTER TABLE shards ADD COLUMN head BLOB;"
+    "ALTER TABLE shards ADD COLUMN start_head BLOB;"
+    "CREATE TABLE chain_claims("
+    "  writer BLOB NOT NULL, host BLOB NOT NULL, tag TEXT NOT NULL, end INTEGER NOT NULL,"
+    "  head BLOB NOT NULL, PRIMARY KEY(writer, host, tag)) WITHOUT ROWID;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -225,6 +237,7 @@ static int migrate(rs_store *store)
         return 0;
     if ((err = rs__exec(store, "BEGIN IMMEDIATE", "starting the schema migration")) < 0)
         return err;
+    store->chain_backfill = version > 0 && version < 3;
     for (int v = version; v < SCHEMA_VERSION; v++) {
         char pragma[64];
         if ((err = rs__exec(store, migrations[v], "migrating the store schema")) < 0)
@@ -243,13 +256,15 @@ static int prepare_statements(rs_store *store)
 {
     int err;
     if ((err = prepare(store, &store->st_insert,
-                       "INSERT INTO records(host, tag, idx, id, hlc, version, data) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")) < 0 ||
+                       "INSERT INTO records(host, tag, idx, id, hlc, version, data, head) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")) < 0 ||
         (err = prepare(store, &store->st_shard_get,
-                       "SELECT start, end FROM shards WHERE host = ?1 AND tag = ?2")) < 0 ||
+                       "SELECT start, end, head, start_head FROM shards "
+                       "WHERE host = ?1 AND tag = ?2")) < 0 ||
         (err = prepare(store, &store->st_shard_put,
-                       "INSERT INTO shards(host, tag, start, end) VALUES (?1, ?2, ?3, ?4) "
-                       "ON CONFLICT(host, tag) DO UPDATE SET start = ?3, end = ?4")) < 0 ||
+                       "INSERT INTO shards(host, tag, start, end, head) VALUES (?1, ?2, ?3, ?4, ?5) "
+                       "ON CONFLICT(host, tag) DO UPDATE SET start = ?3, end = ?4, head = ?5")) <
+            0 ||
         (err = prepare(store, &store->st_at_idx,
                        "SELECT id, data FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3")) <
             0 ||
@@ -589,6 +604,8 @@ static int store_finish_open(rs_store *store)
     int err;
     if ((err = load_host(store)) < 0)
         return err;
+    if (store->chain_backfill && (err = rs__chain_backfill(store)) < 0)
+        return err;
     return rs__register_builtin_tags(store);
 }
 
@@ -843,20 +860,39 @@ int rs_store_meta_del(rs_store *store, const char *name)
     return rc == SQLITE_DONE ? 0 : rs__sqlite_error(store->db, rc, "removing a setting");
 }
 
-/* Reads shard (host, tag); a shard with no records is [0, 0). */
-static int shard_get(uint64_t *start, uint64_t *end, rs_store *store, const rs_uuid *host,
-                     const char *tag)
+/*
+ * Reads shard (host, tag); a shard with no records is [0, 0). `head` (may be
+ * NULL) receives the chain head its next record must chain from: the head
+ * of its last record, the head it starts from when it has none (a shard cut
+ * to a snapshot), or the chain's start value for an empty shard. *known is
+ * 0 only when a shard of an old store has no head (never after backfill).
+ */
+static int shard_get_head(uint64_t *start, uint64_t *end, uint8_t *head, int *known,
+                          rs_store *store, const rs_uuid *host, const char *tag)
 {
     sqlite3_stmt *st = store->st_shard_get;
     int rc;
     sqlite3_bind_blob(st, 1, host->bytes, 16, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
+    if (known)
+        *known = 1;
     if (rc == SQLITE_ROW) {
         *start = (uint64_t)sqlite3_column_int64(st, 0);
         *end = (uint64_t)sqlite3_column_int64(st, 1);
+        if (head) {
+            int col = *end > *start || sqlite3_column_bytes(st, 3) != RS_CHAIN_BYTES ? 2 : 3;
+            if (sqlite3_column_bytes(st, col) == RS_CHAIN_BYTES)
+                memcpy(head, sqlite3_column_blob(st, col), RS_CHAIN_BYTES);
+            else if (*end == 0)
+                rs__chain_start(head, store->key, host, tag);
+            else if (known)
+                *known = 0;
+        }
     } else {
         *start = *end = 0;
+        if (head)
+            rs__chain_start(head, store->key, host, tag);
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -865,8 +901,9 @@ static int shard_get(uint64_t *start, uint64_t *end, rs_store *store, const rs_u
     return 0;
 }
 
+/* Writes shard (host, tag) with the head of its last record (NULL: unknown). */
 static int shard_put(rs_store *store, const rs_uuid *host, const char *tag, uint64_t start,
-                     uint64_t end)
+                     uint64_t end, const uint8_t *head)
 {
     sqlite3_stmt *st = store->st_shard_put;
     int rc;
@@ -874,13 +911,17 @@ static int shard_put(rs_store *store, const rs_uuid *host, const char *tag, uint
     sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)start);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)end);
+    if (head)
+        sqlite3_bind_blob(st, 5, head, RS_CHAIN_BYTES, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc == SQLITE_DONE ? 0 : rs__sqlite_error(store->db, rc, "updating the shard index");
 }
 
-static int insert_row(rs_store *store, const rs_record *rec)
+static int insert_row(rs_store *store, const rs_record *rec, const uint8_t *head)
 {
     sqlite3_stmt *st = store->st_insert;
     int rc;
@@ -891,6 +932,7 @@ static int insert_row(rs_store *store, const rs_record *rec)
     sqlite3_bind_int64(st, 5, (sqlite3_int64)rec->hlc);
     sqlite3_bind_int64(st, 6, (sqlite3_int64)rec->version);
     sqlite3_bind_blob(st, 7, rec->data, (int)rec->data_len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 8, head, RS_CHAIN_BYTES, SQLITE_STATIC);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -957,9 +999,9 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
 {
     rs_record rec;
     op_txn t;
-    uint8_t *env = NULL;
+    uint8_t *env = NULL, prev[RS_CHAIN_BYTES], head[RS_CHAIN_BYTES];
     uint64_t start, end;
-    int err;
+    int err, known = 1;
 
     if (!rs_tag_valid(tag))
         return rs__error(RS_EINVAL, "tag '%.70s' is not valid: 1-64 of [a-z0-9._-]",
@@ -967,7 +1009,7 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     if (len > store->opts.max_payload)
         return rs__error(RS_ETOOBIG, "payload of %zu bytes for tag %s exceeds the bound of %zu",
                          len, tag, store->opts.max_payload);
-    env = rs__malloc(rs__envelope_len(len));
+    env = rs__malloc(rs__envelope_len(len) + RS_CHAIN_BYTES);
     if (env == NULL)
         return rs__error(RS_ENOMEM, "out of memory sealing a record of %zu bytes", len);
     if ((err = op_begin(&t, store)) < 0)
@@ -976,17 +1018,20 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     rec.host = store->host;
     strcpy(rec.tag, tag);
     rec.version = version;
-    if ((err = shard_get(&start, &end, store, &store->host, tag)) < 0 ||
+    if ((err = shard_get_head(&start, &end, prev, &known, store, &store->host, tag)) < 0 ||
         (err = rs_hlc_tick(&rec.hlc, &store->clock)) < 0)
         goto fail;
+    if (!known)
+        rs__chain_start(prev, store->key, &store->host, tag);
     rec.idx = end;
     rs_uuid_v7(&rec.id, RS_HLC_MS(rec.hlc));
-    if ((err = rs__seal(env, store->key, &rec, payload, len)) < 0)
+    if ((err = rs__seal_chained(env, store->key, &rec, prev, payload, len)) < 0)
         goto fail;
     rec.data = env;
-    rec.data_len = rs__envelope_len(len);
-    if ((err = insert_row(store, &rec)) < 0 ||
-        (err = shard_put(store, &store->host, tag, start, end + 1)) < 0 ||
+    rec.data_len = rs__envelope_len(len) + RS_CHAIN_BYTES;
+    rs__chain_head(head, store->key, &rec);
+    if ((err = insert_row(store, &rec, head)) < 0 ||
+        (err = shard_put(store, &store->host, tag, start, end + 1, head)) < 0 ||
         (err = apply_record(store, &rec, payload, len)) < 0 || (err = op_commit(&t, store)) < 0)
         goto fail;
     if (out) {
@@ -1041,11 +1086,11 @@ static int check_existing(rs_store *store, const rs_record *rec)
 int rs_store_insert(size_t *inserted, rs_store *store, const rs_record *records, size_t count)
 {
     op_txn t;
-    uint8_t *plain = NULL;
+    uint8_t *plain = NULL, head[RS_CHAIN_BYTES], prev[RS_CHAIN_BYTES];
     size_t plain_cap = 0, added = 0;
     const rs_record *run = NULL; /* first record of the current shard run */
     uint64_t start = 0, end = 0, end_before = 0;
-    int err;
+    int err, known = 1, chained = 0;
 
     if ((err = op_begin(&t, store)) < 0)
         return err;
@@ -1057,7 +1102,7 @@ int rs_store_insert(size_t *inserted, rs_store *store, const rs_record *records,
         if (run == NULL || rs_uuid_cmp(&run->host, &rec->host) != 0 ||
             strcmp(run->tag, rec->tag) != 0) {
             if (run && end != end_before &&
-                (err = shard_put(store, &run->host, run->tag, start, end)) < 0)
+                (err = shard_put(store, &run->host, run->tag, start, end, head)) < 0)
                 goto fail;
             if (!rs_tag_valid(rec->tag)) {
                 err = rs__error(RS_EINVAL, "record %zu of the batch has an invalid tag '%.70s'", i,
@@ -1065,7 +1110,8 @@ int rs_store_insert(size_t *inserted, rs_store *store, const rs_record *records,
                 goto fail;
             }
             run = rec;
-            if ((err = shard_get(&start, &end, store, &rec->host, rec->tag)) < 0)
+            if ((err = shard_get_head(&start, &end, head, &known, store, &rec->host, rec->tag)) <
+                0)
                 goto fail;
             end_before = end;
         }
@@ -1103,15 +1149,23 @@ int rs_store_insert(size_t *inserted, rs_store *store, const rs_record *records,
             err = rs__error(RS_ENOMEM, "out of memory opening records");
             goto fail;
         }
-        if ((err = rs__open(plain, &plain_len, store->key, rec)) < 0 ||
-            (err = rs_hlc_recv(&store->clock, rec->hlc, &rec->host)) < 0 ||
-            (err = insert_row(store, rec)) < 0 ||
+        if ((err = rs__open_chained(plain, &plain_len, prev, &chained, store->key, rec)) < 0)
+            goto fail;
+        if (chained && known && sodium_memcmp(prev, head, RS_CHAIN_BYTES) != 0) {
+            err = rs__chain_break(rec, prev, head);
+            goto fail;
+        }
+        rs__chain_head(head, store->key, rec);
+        known = 1;
+        if ((err = rs_hlc_recv(&store->clock, rec->hlc, &rec->host)) < 0 ||
+            (err = insert_row(store, rec, head)) < 0 ||
             (err = apply_record(store, rec, plain, plain_len)) < 0)
             goto fail;
         end++;
         added++;
     }
-    if (run && end != end_before && (err = shard_put(store, &run->host, run->tag, start, end)) < 0)
+    if (run && end != end_before &&
+        (err = shard_put(store, &run->host, run->tag, start, end, head)) < 0)
         goto fail;
     if ((err = op_commit(&t, store)) < 0)
         goto fail;
@@ -1234,7 +1288,10 @@ int rs_store_get(rs_record **out, rs_store *store, const rs_uuid *id)
 
 size_t rs_record_payload_size(const rs_record *record)
 {
-    return record->data_len > RS_ENVELOPE_OVERHEAD ? record->data_len - RS_ENVELOPE_OVERHEAD : 0;
+    size_t over = RS_ENVELOPE_OVERHEAD;
+    if (record->data_len >= 4 && memcmp(record->data, RS_ENVELOPE_MAGIC_CHAINED, 4) == 0)
+        over += RS_CHAIN_BYTES;
+    return record->data_len > over ? record->data_len - over : 0;
 }
 
 void rs_record_free(rs_record *record)
@@ -1310,6 +1367,10 @@ typedef struct verify_state {
     uint64_t expect;
     uint8_t *plain;
     size_t plain_cap;
+    /* the chain: the head the next record must chain from (known: the store holds it) */
+    uint8_t head[RS_CHAIN_BYTES];
+    int head_known;
+    sqlite3_stmt *st_head; /* a record's stored head */
 } verify_state;
 
 static void problem(verify_state *vs, int code)
@@ -1335,6 +1396,7 @@ static int verify_record(const rs_record *rec, void *payload)
         rs__shard_name(shard, sizeof(shard), &rec->host, rec->tag);
         problem(vs, rs__error(RS_EHOLE, "shard %s: expected idx %llu, found %llu (a hole)", shard,
                               (unsigned long long)vs->expect, (unsigned long long)rec->idx));
+        vs->head_known = 0;
     }
     vs->expect = rec->idx + 1;
     if (need > vs->plain_cap) {
@@ -1344,8 +1406,31 @@ static int verify_record(const rs_record *rec, void *payload)
         vs->plain = grown;
         vs->plain_cap = need;
     }
-    if ((err = rs__open(vs->plain, NULL, vs->store->key, rec)) < 0)
+    uint8_t prev[RS_CHAIN_BYTES], head[RS_CHAIN_BYTES];
+    int chained = 0;
+    if ((err = rs__open_chained(vs->plain, NULL, prev, &chained, vs->store->key, rec)) < 0) {
+        /* Named once; the chain is checked again from the next record that opens. */
         problem(vs, err);
+        vs->head_known = 0;
+        return 0;
+    }
+    if (chained && vs->head_known && sodium_memcmp(prev, vs->head, RS_CHAIN_BYTES) != 0)
+        problem(vs, rs__chain_break(rec, prev, vs->head));
+    rs__chain_head(head, vs->store->key, rec);
+    sqlite3_bind_blob(vs->st_head, 1, rec->host.bytes, 16, SQLITE_STATIC);
+    sqlite3_bind_text(vs->st_head, 2, rec->tag, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(vs->st_head, 3, (sqlite3_int64)rec->idx);
+    if (sqlite3_step(vs->st_head) == SQLITE_ROW &&
+        (sqlite3_column_bytes(vs->st_head, 0) != RS_CHAIN_BYTES ||
+         sodium_memcmp(sqlite3_column_blob(vs->st_head, 0), head, RS_CHAIN_BYTES) != 0)) {
+        char name[200];
+        rs__record_name(name, sizeof(name), rec);
+        problem(vs, rs__error(RS_ECHAIN, "%s: the chain head stored with it is not its own",
+                              name));
+    }
+    sqlite3_reset(vs->st_head);
+    memcpy(vs->head, head, RS_CHAIN_BYTES);
+    vs->head_known = 1;
     return 0;
 }
 
@@ -1363,7 +1448,9 @@ int rs_store_verify(rs_verify_report *out, rs_store *store, rs_problem_cb on_pro
     vs.report = &report;
     vs.on_problem = on_problem;
     vs.payload = payload;
-    if ((err = rs_store_index(&index, store)) < 0)
+    if ((err = rs_store_index(&index, store)) < 0 ||
+        (err = prepare(store, &vs.st_head,
+                       "SELECT head FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3")) < 0)
         goto done;
     for (size_t i = 0; i < index->count; i++) {
         const rs_shard *sh = &index->shards[i];
@@ -1371,6 +1458,9 @@ int rs_store_verify(rs_verify_report *out, rs_store *store, rs_problem_cb on_pro
         uint64_t before = report.records;
         report.shards++;
         vs.expect = sh->start;
+        if ((err = rs__chain_head_before(vs.head, &vs.head_known, store, &sh->host, sh->tag,
+                                         sh->start)) < 0)
+            goto done;
         if (sh->start > 0 && (err = rs__snapshot_covers(store, sh)) < 0)
             problem(&vs, err);
         if ((err = rs_store_range(store, &sh->host, sh->tag, 0, UINT64_MAX, verify_record, &vs)) <
@@ -1407,6 +1497,7 @@ int rs_store_verify(rs_verify_report *out, rs_store *store, rs_problem_cb on_pro
         err = rs__error(vs.first_err, "%s", vs.first_msg);
 done:
     sqlite3_finalize(st);
+    sqlite3_finalize(vs.st_head);
     rs_index_free(index);
     if (vs.plain) {
         sodium_memzero(vs.plain, vs.plain_cap);

@@ -547,7 +547,8 @@ static int decode_record(rs_record *rec, uint8_t *dst, const json_t *obj, size_t
         return rs__error(RS_ETOOBIG,
                          "records[%zu].data: envelope of %zu bytes exceeds the bound of %zu", i,
                          len, max_data);
-    if (len < RS_ENVELOPE_OVERHEAD || memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0)
+    if (len < RS_ENVELOPE_OVERHEAD || (memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0 &&
+                                       memcmp(dst, RS_ENVELOPE_MAGIC_CHAINED, 4) != 0))
         return field_error(RS_EINVAL, where, i, "data", "not a sealed envelope");
     rec->data = dst;
     rec->data_len = len;
@@ -703,7 +704,9 @@ static int fast_record(scanner *s, rs_record *rec, uint8_t *dst, size_t max_data
             size_t dlen = 0;
             if (!quick_string(s, &v, &vlen) || vlen / 4 * 3 > max_data + 3 ||
                 rs_base64_decode(dst, &dlen, v, vlen) < 0 || dlen > max_data ||
-                dlen < RS_ENVELOPE_OVERHEAD || memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0)
+                dlen < RS_ENVELOPE_OVERHEAD ||
+                (memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0 &&
+                 memcmp(dst, RS_ENVELOPE_MAGIC_CHAINED, 4) != 0))
                 return FAST_GIVE_UP;
             rec->data = dst;
             rec->data_len = dlen;

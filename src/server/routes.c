@@ -167,7 +167,7 @@ int rs_route_records_post(rs_reply *out, struct MHD_Connection *conn, const char
     if (err < 0)
         return err;
     if ((err = rs_wire_decode_records(&batch, body, len, RS_WIRE_UPLOAD,
-                                      rs_srv.cfg.max_payload + RS_ENVELOPE_OVERHEAD)) < 0)
+                                      rs_srv.cfg.max_payload + RS_ENVELOPE_OVERHEAD + RS_CHAIN_BYTES)) < 0)
         goto done;
     for (size_t i = 0; i < batch.count; i++) {
         const rs_record *rec = &batch.records[i];

@@ -437,6 +437,7 @@ typedef struct remote {
     int pages;
     int uploaded; /* records POSTed */
     rs_uuid own;  /* the device under test: its uploads show in the index as own/mine */
+    int acks; /* POST /api/v1/acks */
 } remote;
 
 static int copy_out(const rs_record *rec, void *payload)
@@ -487,6 +488,10 @@ static int remote_handler(fake *f, const char *method, const char *path, const c
                       SRC_RECORDS + r->uploaded);
         rs_wire_batch_free(&b);
         return 0;
+    }
+    if (strcmp(method, "POST") == 0 && strcmp(path, "/api/v1/acks") == 0) {
+        r->acks++;
+        return rs_buf_puts(out, "{\"acked\":1}");
     }
     if (strncmp(path, "/api/v1/records?", 16) != 0) {
         *status = 404;
@@ -758,22 +763,25 @@ static void sync_spares_round_trips_it_has_made_before(void **state)
     sync_fixture *sf = *state;
     rs_sync_report *report = NULL;
     fake *f = serve_remote(sf, HONEST);
-    /* A pull: the index and one page; its first page proves the key. */
+    /* A pull: the index, one page (its first page proves the key), and the ack. */
     OK(rs_sync(&report, sf->store, NULL));
     assert_int_equal(report->downloaded, SRC_RECORDS);
     rs_sync_report_free(report);
-    assert_int_equal(f->requests, 2);
+    assert_int_equal(f->requests, 3);
+    assert_int_equal(sf->remote.acks, 1);
     /* A push after it: the index and the upload, no key check again. */
     OK(rs_append(NULL, sf->store, "mine", 1, "z", 1));
     OK(rs_sync(&report, sf->store, NULL));
     assert_int_equal(report->outcome, RS_SYNC_PUSH);
     rs_sync_report_free(report);
-    assert_int_equal(f->requests, 4);
-    /* A no-op: the index alone; the own shard ends where the last sync left it. */
+    assert_int_equal(f->requests, 6);
+    /* A no-op: the index alone; the own shard ends where the last sync left it, and
+       the frontier is the one acked last. */
     OK(rs_sync(&report, sf->store, NULL));
     assert_int_equal(report->outcome, RS_SYNC_NOOP);
     rs_sync_report_free(report);
-    assert_int_equal(f->requests, 5);
+    assert_int_equal(f->requests, 7);
+    assert_int_equal(sf->remote.acks, 2);
     fake_settle(f);
     assert_int_equal(sf->remote.uploaded, 1);
     fake_stop(f);
