@@ -98,7 +98,22 @@ typedef struct rs_sync_opts {
     uint64_t snapshot_every;
     /* 1: never start a tag from a snapshot; replay its records (pruned ones are then held back) */
     int replay;
+    /* how often a sync writes a checkpoint of the heads it has seen; 0: every
+       RS_CHECKPOINT_DEFAULT_MS, 1: this sync, UINT64_MAX: never */
+    uint64_t checkpoint_ms;
 } rs_sync_opts;
+
+/* The reserved tag of checkpoints: records carrying the chain heads a device has seen. */
+#define RS_CHECKPOINT_TAG "rs.checkpoint"
+#define RS_CHECKPOINT_DEFAULT_MS (10 * 60 * 1000)
+
+/*
+ * Why this store refuses to sync with its server, if it does: a shard the
+ * server rolled back, hid or showed to devices as different histories
+ * (RS_ENOTFOUND when all is well). Free with rs_free. Logging in again
+ * (rs_login, rs_register) clears it.
+ */
+int rs_chain_alarm(char **out, rs_store *store);
 
 /*
  * Syncs the store with its server: fetches the remote index, diffs it with

@@ -298,7 +298,7 @@ static void print_report(const rs_sync_report *r, const rs_uuid *self)
 int cmd_sync(cli *c, int argc, char **argv)
 {
     static const char usage[] =
-        "usage: recsync [--dir DIR] sync [--json] [--page-records N] [--replay]\n"
+        "usage: recsync [--dir DIR] sync [--json] [--page-records N] [--replay] [--checkpoint]\n"
         "Uploads this device's new records and downloads the others', in pages of N\n"
         "records (default 2000), and prints the outcome: noop, pull, push or merge,\n"
         "with counts per shard. --json prints one object for scripts.\n"
@@ -306,10 +306,14 @@ int cmd_sync(cli *c, int argc, char **argv)
         "page the server got wrong) is held back and named on stderr, and \"held\"\n"
         "in --json; every other shard syncs, and the exit status is 3 (partial).\n"
         "A new device starts each store from the server's newest snapshot and pulls\n"
-        "only the records above it; --replay pulls every record instead.\n";
+        "only the records above it; --replay pulls every record instead.\n"
+        "Every 10 minutes a sync writes a checkpoint of the hash chain heads this\n"
+        "device has seen, so others can tell a server that shows them different\n"
+        "histories; --checkpoint writes one now.\n";
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
                                          {"page-records", required_argument, NULL, 'p'},
                                          {"replay", no_argument, NULL, 'r'},
+                                         {"checkpoint", no_argument, NULL, 'c'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     rs_sync_opts sopts;
@@ -330,6 +334,9 @@ int cmd_sync(cli *c, int argc, char **argv)
             break;
         case 'r':
             sopts.replay = 1;
+            break;
+        case 'c':
+            sopts.checkpoint_ms = 1;
             break;
         case 'p':
             if (!cli_parse_ul(&page, optarg, 1, 1000000))
@@ -554,6 +561,12 @@ static void print_status_json(const status_info *si)
                (unsigned long long)si->last->seq);
     else
         fputs("null", stdout);
+    char *alarm = NULL;
+    if (rs_chain_alarm(&alarm, si->store) < 0)
+        alarm = NULL;
+    fputs(", \"alarm\": ", stdout);
+    cli_json_string(stdout, alarm);
+    rs_free(alarm);
     fputs(", \"shards\": [", stdout);
     for (size_t i = 0; i < si->count; i++) {
         const row *r = &si->rows[i];
@@ -602,6 +615,14 @@ static void print_status(const status_info *si)
     }
     if (si->server && !si->live)
         printf("remote     %s\n", si->remote ? "as of the last sync" : "unknown");
+    char *alarm = NULL;
+    if (rs_chain_alarm(&alarm, si->store) == 0) {
+        printf("ALARM      THE SERVER TAMPERED WITH THE LOG: %s\n"
+               "           sync refuses to continue with this server\n",
+               alarm);
+        fprintf(stderr, "recsync: status: the server tampered with the log: %s\n", alarm);
+        rs_free(alarm);
+    }
     printf("shards     %zu (local start..end / remote start..end)\n", si->count);
     for (size_t i = 0; i < si->count; i++) {
         const row *r = &si->rows[i];

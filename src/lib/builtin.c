@@ -13,7 +13,8 @@ uint32_t rs__history_version = RS_HISTORY_VERSION;
 int rs__register_builtin_tags(rs_store *store)
 {
     int err;
-    if ((err = rs__kv_register(store)) < 0 || (err = rs__history_register(store)) < 0)
+    if ((err = rs__kv_register(store)) < 0 || (err = rs__history_register(store)) < 0 ||
+        (err = rs__checkpoint_register(store)) < 0)
         return err;
     return 0;
 }

@@ -24,6 +24,7 @@ extern uint32_t rs__history_version;
 int rs__register_builtin_tags(rs_store *store);
 int rs__kv_register(rs_store *store);
 int rs__history_register(rs_store *store);
+int rs__checkpoint_register(rs_store *store);
 
 /* The history store's snapshot (history_snap.c): rows of history, the search index rebuilt. */
 int rs__history_snapshot_write(sqlite3 *db, int (*emit)(void *ctx, const void *item, size_t len),

@@ -76,4 +76,30 @@ const char *rs__sync_gone(const rs_sync_snaps *s, const char *tag, int *code);
 void rs__sync_after(rs_sync_snaps *s, rs_store *store, rs_client *client, const rs_index *remote,
                     uint64_t every);
 
+/* ---- heads remembered and exchanged (checkpoint.c) ---- */
+
+/*
+ * Before anything is written: refuses (RS_ECHAIN) a store whose alarm is
+ * set, a server index that ends a shard below what the last sync saw
+ * (`last`, may be NULL) or below what the store checked itself, or below
+ * what another device's checkpoint claims. Those set the alarm.
+ */
+int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
+                        const rs_index *remote, const rs_index *last);
+
+/* After the transfers: a record held at a claimed position with another head sets the alarm. */
+int rs__chain_audit(rs_store *store, const char *url);
+
+/* Sets the alarm to the message (the first one stays) and returns RS_ECHAIN. */
+int rs__chain_raise(rs_store *store, const char *fmt, ...) RS_PRINTF(2, 3);
+int rs__chain_forget_alarm(rs_store *store);
+
+/*
+ * Writes a checkpoint record when `every_ms` passed since the last (1:
+ * now; UINT64_MAX: never; the first sync only starts the clock). *wrote
+ * says whether it did. `last` is the server's index as the last sync left
+ * it: of its own shards a device claims only what the server holds.
+ */
+int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint64_t every_ms);
+
 #endif

@@ -105,7 +105,8 @@ static int account(rs_store *store, const char *url, const char *username, const
         goto done;
     if ((err = rs_store_meta_set(store, RS_META_SERVER, rs__client_url(client))) < 0 ||
         (err = rs_store_meta_set(store, RS_META_USER, user)) < 0 ||
-        (err = rs_store_meta_set(store, RS_META_TOKEN, token)) < 0) {
+        (err = rs_store_meta_set(store, RS_META_TOKEN, token)) < 0 ||
+        (err = rs__chain_forget_alarm(store)) < 0) {
         rs_store_rollback(store);
         goto done;
     }
@@ -1224,13 +1225,19 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
         last = NULL;
     ctx.key_checked = last && strcmp(last->key_checked, key) == 0;
 
+    int wrote = 0;
     if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
         (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
         (err = rs_store_index(&local, store)) < 0 ||
+        (err = rs__chain_preflight(store, rs__client_url(ctx.client), local, remote,
+                                   last ? last->remote : NULL)) < 0 ||
+        (err = rs__checkpoint_maybe(&wrote, store, last ? last->remote : NULL,
+                                    ctx.opts.checkpoint_ms ? ctx.opts.checkpoint_ms
+                                                           : RS_CHECKPOINT_DEFAULT_MS)) < 0 ||
         (!ctx.opts.replay &&
          (err = rs__sync_bootstrap(&ctx.snaps, &reloaded, store, ctx.client, local, remote)) < 0))
         goto done;
-    if (reloaded) {
+    if (reloaded || wrote) {
         rs_index_free(local);
         local = NULL;
         if ((err = rs_store_index(&local, store)) < 0)
@@ -1251,7 +1258,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
         goto done;
     progress(&ctx, 0);
     if ((err = download_all(&ctx)) < 0 || (err = confirm_uploads(&ctx, remote)) < 0 ||
-        (err = upload_all(&ctx)) < 0)
+        (err = upload_all(&ctx)) < 0 || (err = rs__chain_audit(store, rs__client_url(ctx.client))) < 0)
         goto done;
     progress(&ctx, ctx.total);
     if ((err = make_report(&report, &ctx, started)) < 0 ||
@@ -1265,6 +1272,8 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     *out = report;
     report = NULL;
 done:
+    if (err == RS_ECHAIN)
+        rs__chain_raise(store, "%s", rs_error_last()); /* a pulled record that did not chain */
     rs_sync_report_free(report);
     rs_index_free(after);
     rs_sync_last_free(last);
