@@ -151,6 +151,48 @@ class TamperTest(unittest.TestCase):
         self.assertIn("chain head", r.err.decode())
 
 
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
+                       "store-0.1.0")
+
+
+class PreviousReleaseTest(unittest.TestCase):
+    """A store made by recsync 0.1.0 (before chains) opens, verifies, keeps
+    its state, and new records chain onto its old ones for every device."""
+
+    def test_a_store_of_the_previous_release_migrates_to_chains(self):
+        server = ServerProcess(self)
+        old = Device(self, "old", init=False)
+        shutil.copytree(FIXTURE, old.dir)
+        os.chmod(old.dir, 0o700)
+        with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 1)
+            self.assertEqual(con.execute("SELECT count(*) FROM records WHERE "
+                                         "CAST(substr(data, 1, 4) AS TEXT) = 'RSE1'").fetchone()[0], 7)
+        self.assertIn("7 records", old.verify().text)
+        with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(con.execute("SELECT count(*) FROM records WHERE head IS NULL")
+                             .fetchone()[0], 0, "every old record got its head")
+        self.assertEqual(old.run("kv", "get", "settings", "theme").out, b"dark\n")
+        self.assertEqual(old.run("kv", "get", "settings", "font", expect=1).out, b"")
+        self.assertIn("git status", old.run("history", "list").text)
+        old.register(server_url(server), "olduser", "pw-old-store")
+        self.assertEqual(old.sync()["uploaded"], 7)
+        new_id = old.append("notes", "four")
+        old.sync()
+        # Another device pulls the old records and the chained one after them.
+        b = Device(self, "b", key=old.key_export())
+        b.login(server_url(server), "olduser", "pw-old-store")
+        self.assertEqual(b.sync()["downloaded"], 8)
+        b.verify()
+        self.assertEqual(b.cat(new_id), b"four")
+        self.assertEqual(b.run("kv", "get", "settings", "theme").out, b"dark\n")
+        with sqlite3.connect("file:%s?mode=ro" % b.db_path, uri=True) as con:
+            self.assertEqual(con.execute("SELECT CAST(substr(data, 1, 4) AS TEXT) FROM records WHERE "
+                                         "tag = 'notes' ORDER BY idx").fetchall(),
+                             [("RSE1",), ("RSE1",), ("RSE1",), ("RSE2",)])
+
+
 class ForkTest(unittest.TestCase):
     """Two databases behind one URL: the proxy sends device b's reads of
     shard a/notes to the second database, whose a/notes a copy of a's store
