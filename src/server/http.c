@@ -49,6 +49,7 @@ static const struct {
     {RS_ECLOCK, 422, "clock"},
     {RS_EVERSION, 422, "version"},
     {RS_ETHROTTLED, 429, "too_many_attempts"},
+    {RS_EQUOTA, 507, "quota_exceeded"},
     {RS_EBUSY, 503, "unavailable"},
     {RS_EUNAVAIL, 503, "unavailable"},
     {RS_EIO, 503, "unavailable"},
@@ -118,7 +119,7 @@ static void error_reply(rs_reply *reply, int code)
     const char *message = rs_error_last();
     if (*message == '\0')
         message = rs_strerror(code);
-    if (status >= 500 && status != 503)
+    if (status == 500)
         fprintf(stderr, "recsyncd: internal error %d: %s\n", code, message);
     if (reply->response) {
         MHD_destroy_response(reply->response);

@@ -40,6 +40,13 @@ static const char usage_text[] =
     "  --body-max BYTES          largest request body (default 33554432)\n"
     "  --max-payload BYTES       largest record payload (default 1048576)\n"
     "  --login-delay-ms MS       base delay after repeated failed logins (default 500)\n"
+    "  --registration MODE       open (default), closed (403), or invite (an invite code\n"
+    "                            from --make-invite is needed)\n"
+    "  --register-rate N/PERIOD  registrations per client address: N at once, N more per\n"
+    "                            PERIOD (s, m, h, d; e.g. 20/h, the default) or 'off'\n"
+    "  --make-invite[=NAME]      store an invite (for NAME only, any case, or any name),\n"
+    "                            print its code on stdout and exit\n"
+    "  --quota-bytes BYTES       envelope bytes each user may store (default 0: no quota)\n"
     "  --token-cache-ms MS       how long an authenticated token is kept in memory\n"
     "                            (default 2000; 0: look every token up in the database)\n"
     "  --timeout-s S             idle connection timeout (default 60)\n"
@@ -182,6 +189,10 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         OPT_SYNC_FULL,
         OPT_ARGON2_FAST,
         OPT_TEST_HOOKS,
+        OPT_REGISTRATION,
+        OPT_REGISTER_RATE,
+        OPT_MAKE_INVITE,
+        OPT_QUOTA_BYTES,
         OPT_HELP,
         OPT_VERSION
     };
@@ -203,6 +214,10 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         {"sync-full", no_argument, NULL, OPT_SYNC_FULL},
         {"argon2-fast", no_argument, NULL, OPT_ARGON2_FAST},
         {"test-hooks", no_argument, NULL, OPT_TEST_HOOKS},
+        {"registration", required_argument, NULL, OPT_REGISTRATION},
+        {"register-rate", required_argument, NULL, OPT_REGISTER_RATE},
+        {"make-invite", optional_argument, NULL, OPT_MAKE_INVITE},
+        {"quota-bytes", required_argument, NULL, OPT_QUOTA_BYTES},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -221,6 +236,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
     cfg->login_delay_ms = 500;
     cfg->token_cache_ms = 2000;
     cfg->connection_timeout_s = 60;
+    rs_auth_parse_register_rate(cfg, "20/h");
 
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -276,6 +292,26 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
             break;
         case OPT_TEST_HOOKS:
             cfg->test_hooks = true;
+            break;
+        case OPT_REGISTRATION:
+            if (strcmp(optarg, "open") == 0)
+                cfg->registration = RS_REGISTRATION_OPEN;
+            else if (strcmp(optarg, "closed") == 0)
+                cfg->registration = RS_REGISTRATION_CLOSED;
+            else if (strcmp(optarg, "invite") == 0)
+                cfg->registration = RS_REGISTRATION_INVITE;
+            else
+                die_usage("--registration: '%s' is not open, closed or invite", optarg);
+            break;
+        case OPT_REGISTER_RATE:
+            if (rs_auth_parse_register_rate(cfg, optarg) < 0)
+                die_usage("--register-rate: %s", rs_error_last());
+            break;
+        case OPT_MAKE_INVITE:
+            cfg->make_invite = optarg ? optarg : "";
+            break;
+        case OPT_QUOTA_BYTES:
+            cfg->quota_bytes = parse_num("--quota-bytes", optarg, 0, (uint64_t)INT64_MAX);
             break;
         case OPT_HELP:
             fputs(usage_text, stdout);
@@ -347,6 +383,13 @@ int main(int argc, char **argv)
     if (rs_backend_open(&rs_srv.backend, cfg->db, &bopts) < 0) {
         fprintf(stderr, "recsyncd: %s\n", rs_error_last());
         return 1;
+    }
+    if (cfg->make_invite) {
+        code = rs_auth_make_invite(cfg->make_invite) < 0 ? 1 : 0;
+        if (code)
+            fprintf(stderr, "recsyncd: %s\n", rs_error_last());
+        rs_srv.backend->ops->close(rs_srv.backend);
+        return code;
     }
     if (rs_auth_init() < 0 || bind_listen(&fd, &port, cfg->listen) < 0 || rs_events_start() < 0) {
         fprintf(stderr, "recsyncd: %s\n", rs_error_last());

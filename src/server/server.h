@@ -34,7 +34,14 @@ typedef struct rs_config {
     bool argon2_fast;
     bool test_hooks;
     bool sync_full;
+    int registration;            /* RS_REGISTRATION_OPEN, _CLOSED or _INVITE */
+    unsigned register_burst;     /* registrations an address may make at once (0: no bound) */
+    uint64_t register_period_ms; /* ...and again over this long */
+    uint64_t quota_bytes;        /* envelope bytes per user (0: no quota) */
+    const char *make_invite;     /* --make-invite: print an invite and exit ("": any name) */
 } rs_config;
+
+enum { RS_REGISTRATION_OPEN, RS_REGISTRATION_CLOSED, RS_REGISTRATION_INVITE };
 
 /* The running server: one per process. */
 typedef struct rs_server {
@@ -115,17 +122,33 @@ void rs_auth_forget_device(const rs_uuid *host);
 #define RS_TOKEN_TEXT_LEN (2 * (RS_TOKEN_ID_BYTES + 32))
 void rs_auth_new_token(char *text, rs_token *token);
 
-/* argon2id hash of `password` into out[crypto_pwhash_STRBYTES]. */
-int rs_auth_hash_password(char *out, const char *password);
+/* argon2id hash of `password` into out[crypto_pwhash_STRBYTES]; RS_EBUSY (and
+ * *retry_after_s) when every argon2id slot is taken. */
+int rs_auth_hash_password(char *out, const char *password, unsigned *retry_after_s);
 
 /*
  * Verifies `password` for `username` (account NULL: unknown user, still
  * spending the time a verification takes), with failed attempts slowed per
- * user and per client address. RS_ETHROTTLED with *retry_after_s set when
- * the caller must wait; RS_EAUTH for a wrong name or password.
+ * (client address, user), per address, and per user for addresses failing
+ * for it (auth.c); `known_device` (the request carries a valid token of the
+ * account) is never slowed. RS_ETHROTTLED with *retry_after_s set when the
+ * caller must wait; RS_EBUSY (503, *retry_after_s) when every argon2id slot
+ * is taken; RS_EAUTH for a wrong name or password.
  */
 int rs_auth_login(const rs_account *account, const char *username, const char *password,
-                  struct MHD_Connection *conn, unsigned *retry_after_s);
+                  struct MHD_Connection *conn, int known_device, unsigned *retry_after_s);
+
+/* Takes one of the client address's registrations (--register-rate); RS_ETHROTTLED if none. */
+int rs_auth_register_admit(struct MHD_Connection *conn, unsigned *retry_after_s);
+
+/* "N/PERIOD" (20/h, 5/m, 100/d, 2/30s) or "off" into cfg's register_burst and _period_ms. */
+int rs_auth_parse_register_rate(rs_config *cfg, const char *text);
+
+/* Makes and stores an invite (for `username`, or any name when NULL or ""); prints its code. */
+int rs_auth_make_invite(const char *username);
+
+/* An invite code's hash as the backend stores it. */
+void rs_auth_invite_hash(uint8_t *out, const char *code);
 
 /* ---- events.c ---- */
 
@@ -157,6 +180,9 @@ typedef struct rs_metrics {
     atomic_uint_fast64_t retention_errors;
     atomic_uint_fast64_t events_pruned;
     atomic_uint_fast64_t retention_last_ms;
+    atomic_uint_fast64_t quota_refused;
+    atomic_uint_fast64_t register_throttled;
+    atomic_uint_fast64_t hashing_busy;
 } rs_metrics;
 
 extern rs_metrics rs_stats;
