@@ -384,12 +384,68 @@ static void throttle_clear(throttle_table *t, uint64_t key, uint64_t now)
         memset(e, 0, sizeof(*e));
 }
 
+/* The counting key of an IPv4 or IPv6 address (see client_address); its length. */
+static size_t address_key(uint8_t *key, int family, const void *addr)
+{
+    const uint8_t *a = addr;
+    if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)addr)) {
+        family = AF_INET;
+        a += 12;
+    }
+    if (family == AF_INET) {
+        key[0] = 4;
+        memcpy(key + 1, a, 4);
+        return 5;
+    }
+    key[0] = 6;
+    memcpy(key + 1, a, 8);
+    return 9;
+}
+
+/*
+ * The address --real-ip-header names, when the connection comes from a
+ * loopback address (the reverse proxy); X-Forwarded-For style lists give
+ * their last entry (the one the proxy added). 0 when there is none to believe.
+ */
+static size_t forwarded_address(char *text, size_t size, uint8_t *key, struct MHD_Connection *conn,
+                                const struct sockaddr *peer)
+{
+    const char *name = rs_srv.cfg.real_ip_header;
+    uint8_t bin[16];
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (name == NULL)
+        return 0;
+    if (!(peer->sa_family == AF_INET &&
+          (ntohl(((const struct sockaddr_in *)(const void *)peer)->sin_addr.s_addr) >> 24) ==
+              127) &&
+        !(peer->sa_family == AF_INET6 &&
+          IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr)))
+        return 0;
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+    if (v == NULL)
+        return 0;
+    const char *last = strrchr(v, ',');
+    last = last ? last + 1 : v;
+    while (*last == ' ')
+        last++;
+    size_t n = strcspn(last, " ");
+    if (n == 0 || n >= sizeof(buf))
+        return 0;
+    memcpy(buf, last, n);
+    buf[n] = '\0';
+    int family = strchr(buf, ':') ? AF_INET6 : AF_INET;
+    if (inet_pton(family, buf, bin) != 1)
+        return 0;
+    snprintf(text, size, "%s", buf);
+    return address_key(key, family, bin);
+}
+
 /*
  * The client's address as text (for messages) and as the key it is counted
  * under: the IPv4 address, or an IPv6 address's /64 (one host usually holds
  * a whole /64, so counting single IPv6 addresses would count nothing).
- * IPv4-mapped IPv6 addresses count as their IPv4 address. Returns the key's
- * length.
+ * IPv4-mapped IPv6 addresses count as their IPv4 address. Behind a reverse
+ * proxy, the address in --real-ip-header. Returns the key's length.
  */
 static size_t client_address(char *text, size_t size, uint8_t *key, struct MHD_Connection *conn)
 {
@@ -400,24 +456,18 @@ static size_t client_address(char *text, size_t size, uint8_t *key, struct MHD_C
     if (info == NULL || info->client_addr == NULL)
         return 1;
     const struct sockaddr *sa = info->client_addr;
+    size_t len = forwarded_address(text, size, key, conn, sa);
+    if (len > 0)
+        return len;
     if (sa->sa_family == AF_INET) {
         const struct in_addr *a = &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
         inet_ntop(AF_INET, a, text, (socklen_t)size);
-        key[0] = 4;
-        memcpy(key + 1, a, 4);
-        return 5;
+        return address_key(key, AF_INET, a);
     }
     if (sa->sa_family == AF_INET6) {
         const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
         inet_ntop(AF_INET6, a, text, (socklen_t)size);
-        if (IN6_IS_ADDR_V4MAPPED(a)) {
-            key[0] = 4;
-            memcpy(key + 1, a->s6_addr + 12, 4);
-            return 5;
-        }
-        key[0] = 6;
-        memcpy(key + 1, a->s6_addr, 8);
-        return 9;
+        return address_key(key, AF_INET6, a);
     }
     return 1;
 }

@@ -47,6 +47,8 @@ static const char usage_text[] =
     "  --make-invite[=NAME]      store an invite (for NAME only, any case, or any name),\n"
     "                            print its code on stdout and exit\n"
     "  --quota-bytes BYTES       envelope bytes each user may store (default 0: no quota)\n"
+    "  --real-ip-header NAME     behind a reverse proxy on loopback: count logins and\n"
+    "                            registrations by the address in this header (X-Real-IP)\n"
     "  --token-cache-ms MS       how long an authenticated token is kept in memory\n"
     "                            (default 2000; 0: look every token up in the database)\n"
     "  --timeout-s S             idle connection timeout (default 60)\n"
@@ -193,6 +195,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         OPT_REGISTER_RATE,
         OPT_MAKE_INVITE,
         OPT_QUOTA_BYTES,
+        OPT_REAL_IP_HEADER,
         OPT_HELP,
         OPT_VERSION
     };
@@ -218,6 +221,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         {"register-rate", required_argument, NULL, OPT_REGISTER_RATE},
         {"make-invite", optional_argument, NULL, OPT_MAKE_INVITE},
         {"quota-bytes", required_argument, NULL, OPT_QUOTA_BYTES},
+        {"real-ip-header", required_argument, NULL, OPT_REAL_IP_HEADER},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -312,6 +316,9 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
             break;
         case OPT_QUOTA_BYTES:
             cfg->quota_bytes = parse_num("--quota-bytes", optarg, 0, (uint64_t)INT64_MAX);
+            break;
+        case OPT_REAL_IP_HEADER:
+            cfg->real_ip_header = optarg;
             break;
         case OPT_HELP:
             fputs(usage_text, stdout);

@@ -39,6 +39,7 @@ typedef struct rs_config {
     uint64_t register_period_ms; /* ...and again over this long */
     uint64_t quota_bytes;        /* envelope bytes per user (0: no quota) */
     const char *make_invite;     /* --make-invite: print an invite and exit ("": any name) */
+    const char *real_ip_header;  /* the client's address from a loopback proxy (NULL: none) */
 } rs_config;
 
 enum { RS_REGISTRATION_OPEN, RS_REGISTRATION_CLOSED, RS_REGISTRATION_INVITE };

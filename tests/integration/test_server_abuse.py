@@ -112,6 +112,27 @@ class LoginBrakeTests(unittest.TestCase):
         self.assertEqual(st, 200, body)
 
 
+    def test_behind_a_proxy_the_real_ip_header_is_the_address(self):
+        """--real-ip-header: every request comes from the proxy (127.0.0.1), but
+        the brake counts the address the header names, so the attacker's
+        failures do not refuse the owner; from a non-loopback peer the header
+        would not be believed (documented), and without the option every
+        request would be one address."""
+        server = ServerProcess(self, args=["--login-delay-ms", "2000", "--real-ip-header", "X-Real-IP"])
+        alice = server.register("alice", "pw")
+        attacker = {"X-Real-IP": "203.0.113.7"}
+        owner = {"X-Forwarded-For": "10.0.0.1", "X-Real-IP": "2001:db8::1"}
+        bad = {"username": "alice", "password": "wrong", "host": new_host()}
+        for _ in range(4):
+            st, _, body = post_from(OWNER, server.port, "/api/v1/login", bad, headers=attacker)
+        self.assertEqual(st, 429, body)
+        self.assertIn("203.0.113.7", body["message"])
+        st, _, body = post_from(OWNER, server.port, "/api/v1/login", alice.credentials(), headers=owner)
+        self.assertEqual(st, 200, body)
+        st, _, body = post_from(OWNER, server.port, "/api/v1/login", alice.credentials(), headers=attacker)
+        self.assertEqual(st, 429, body)
+
+
 class RegistrationTests(unittest.TestCase):
     def test_a_flood_from_one_address_is_throttled_while_another_registers(self):
         """Issue 12 item 5: the default --register-rate (20/h) stops one address
