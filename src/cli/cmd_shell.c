@@ -17,7 +17,8 @@
  * DIR/shell-sync.lock taken without waiting keeps it to one at a time;
  * DIR/shell-sync.last's mtime is when the last one started; a failure is
  * kept in DIR/shell-sync.error until a sync succeeds, never printed into
- * the terminal.
+ * the terminal; DIR/shell-sync.pending asks a running sync for one more
+ * round (maybe_sync).
  */
 #include "cli.h"
 
@@ -37,6 +38,7 @@
 extern const char rs_shell_zsh[], rs_shell_bash[], rs_shell_fish[];
 
 #define DEFAULT_SYNC_INTERVAL_S 300
+#define SYNC_ROUNDS 4
 
 /* Prints `s` as one single-quoted word for sh-like shells or fish. */
 static void print_quoted(const char *s, bool fish)
@@ -287,45 +289,21 @@ static bool read_failure(sync_failure *out, const char *dir)
     return ok;
 }
 
-/*
- * The background sync after a command (see the top of the file). Runs in
- * the hook's own background process; waits for nothing but the sync.
- */
-static void maybe_sync(cli *c, rs_store *store)
+/* One sync; a failure kept in DIR/shell-sync.error (counted), a success removes it. */
+static void sync_once(cli *c, rs_store *store)
 {
-    const char *env = getenv("RECSYNC_SYNC_INTERVAL");
-    long long interval = DEFAULT_SYNC_INTERVAL_S;
-    char path[PATH_MAX], text[1400], message[1024], *server = NULL;
+    char path[PATH_MAX], text[1400], message[1024];
     rs_sync_report *report = NULL;
     sync_failure prev;
-    struct stat st;
-    time_t now = time(NULL);
-    int fd = -1, err;
+    int err;
 
-    if (env && *env && !cli_parse_ll(&interval, env, 0, 365LL * 86400))
-        interval = DEFAULT_SYNC_INTERVAL_S;
-    if (rs_store_meta_get(&server, store, RS_META_SERVER) < 0 || server == NULL)
-        return;
-    rs_free(server);
-    snprintf(path, sizeof(path), "%s/shell-sync.last", c->dir);
-    if (interval > 0 && stat(path, &st) == 0 && now - st.st_mtime < interval)
-        return;
-    snprintf(path, sizeof(path), "%s/shell-sync.lock", c->dir);
-    if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
-        return;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0)
-        goto done; /* one is running */
-    /* Another may have finished between the check and the lock. */
-    snprintf(path, sizeof(path), "%s/shell-sync.last", c->dir);
-    if (interval > 0 && stat(path, &st) == 0 && time(NULL) - st.st_mtime < interval)
-        goto done;
     write_state(c->dir, "shell-sync.last", "");
     err = rs_sync(&report, store, NULL);
     rs_sync_report_free(report);
     if (err == 0) {
         snprintf(path, sizeof(path), "%s/shell-sync.error", c->dir);
         unlink(path);
-        goto done;
+        return;
     }
     if (!read_failure(&prev, c->dir))
         prev.since_ms = (long long)rs_now_ms();
@@ -336,7 +314,67 @@ static void maybe_sync(cli *c, rs_store *store)
     snprintf(text, sizeof(text), "since %lld\nlast %lld\nattempts %lld\nmessage %s\n",
              prev.since_ms, (long long)rs_now_ms(), prev.attempts + 1, message);
     write_state(c->dir, "shell-sync.error", text);
-done:
+}
+
+static bool state_exists(const char *dir, const char *name)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/*
+ * The background sync after a command (see the top of the file). Runs in
+ * the hook's own background process; waits for nothing but the sync. A
+ * hook that finds a sync running leaves DIR/shell-sync.pending, asking it
+ * for one more round (its record may have come after that sync's upload);
+ * the holder syncs again while that file appears, also just after it lets
+ * go of the lock, SYNC_ROUNDS times at most.
+ */
+static void maybe_sync(cli *c, rs_store *store)
+{
+    const char *env = getenv("RECSYNC_SYNC_INTERVAL");
+    long long interval = DEFAULT_SYNC_INTERVAL_S;
+    char path[PATH_MAX], pending[PATH_MAX], *server = NULL;
+    struct stat st;
+    int fd, rounds = 0;
+
+    if (env && *env && !cli_parse_ll(&interval, env, 0, 365LL * 86400))
+        interval = DEFAULT_SYNC_INTERVAL_S;
+    if (rs_store_meta_get(&server, store, RS_META_SERVER) < 0 || server == NULL)
+        return;
+    rs_free(server);
+    snprintf(path, sizeof(path), "%s/shell-sync.last", c->dir);
+    if (interval > 0 && stat(path, &st) == 0 && time(NULL) - st.st_mtime < interval)
+        return;
+    snprintf(pending, sizeof(pending), "%s/shell-sync.pending", c->dir);
+    snprintf(path, sizeof(path), "%s/shell-sync.lock", c->dir);
+    if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
+        return;
+    while (rounds < SYNC_ROUNDS) {
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            if (rounds == 0)
+                write_state(c->dir, "shell-sync.pending", "");
+            break;
+        }
+        /* Another may have finished between the check and the lock. */
+        snprintf(path, sizeof(path), "%s/shell-sync.last", c->dir);
+        if (rounds == 0 && interval > 0 && stat(path, &st) == 0 &&
+            time(NULL) - st.st_mtime < interval && !state_exists(c->dir, "shell-sync.pending")) {
+            flock(fd, LOCK_UN);
+            break;
+        }
+        while (rounds < SYNC_ROUNDS) {
+            unlink(pending);
+            sync_once(c, store);
+            rounds++;
+            if (!state_exists(c->dir, "shell-sync.pending"))
+                break;
+        }
+        flock(fd, LOCK_UN);
+        if (!state_exists(c->dir, "shell-sync.pending"))
+            break;
+    }
     close(fd);
 }
 

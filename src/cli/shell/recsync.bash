@@ -19,6 +19,7 @@ __recsync_start=""
 __recsync_cwd=""
 __recsync_histno=""
 __recsync_from_history=0
+__recsync_empty=0
 
 # The number bash gives its next history entry (no fork: prompt expansion).
 __recsync_next_histno() {
@@ -67,6 +68,10 @@ __recsync_precmd() {
     fi
     __recsync_next_histno
     __recsync_histno=$__recsync_n
+    # An empty history numbers its first entry as it numbered the prompt
+    # (and only then is HISTCMD that number at the prompt, not one more).
+    __recsync_empty=0
+    [[ $HISTCMD == "$__recsync_n" ]] && __recsync_empty=1
     return $exit_status
 }
 
@@ -76,7 +81,13 @@ __recsync_precmd() {
 __recsync_debug() {
     [[ -n ${COMP_LINE-} || $__recsync_active == 1 || -z $__recsync_histno ]] && return 0
     __recsync_next_histno
-    [[ $__recsync_n == "$__recsync_histno" ]] && return 0
+    if [[ $__recsync_empty == 1 ]]; then
+        # Rare (the first command of a new history): a fork to see if it was kept.
+        [[ -n $(builtin fc -ln -1 2>/dev/null) ]] || return 0
+        __recsync_empty=0
+    elif [[ $__recsync_n == "$__recsync_histno" ]]; then
+        return 0
+    fi
     __recsync_histno=$__recsync_n
     __recsync_preexec
 }
