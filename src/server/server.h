@@ -8,6 +8,7 @@
 #include "backend.h"
 
 #include <microhttpd.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -31,6 +32,10 @@ typedef struct rs_config {
     unsigned login_delay_ms;
     unsigned token_cache_ms; /* 0: every request looks its token up */
     unsigned connection_timeout_s;
+    unsigned max_conns_per_ip;   /* connections per client address, streams aside (0: no bound) */
+    unsigned max_streams_per_ip; /* event streams per client address (0: no bound) */
+    unsigned request_deadline_s; /* a request must be read within this (0: no deadline) */
+    size_t body_budget;          /* request body bytes held at once, all connections */
     bool argon2_fast;
     bool test_hooks;
     bool sync_full;
@@ -93,6 +98,22 @@ enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const cha
                                size_t *upload_data_size, void **con_cls);
 void rs_http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                        enum MHD_RequestTerminationCode toe);
+/* MHD's connection callback: the per-address count and the request deadline. */
+void rs_http_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                    enum MHD_ConnectionNotificationCode code);
+
+/* Starts and stops the thread that cuts connections past their request deadline. */
+int rs_http_start(void);
+void rs_http_stop(void);
+
+/*
+ * The server's log on stderr: one whole line per call (one write), at most
+ * RS_LOG_LINES_PER_S a second; the rest are counted and summed up in one
+ * line. `topic` ("http: ", or "") follows "recsyncd: ".
+ */
+#define RS_LOG_LINES_PER_S 20
+void rs_log(const char *fmt, ...) RS_PRINTF(1, 2);
+void rs_vlog(const char *topic, const char *fmt, va_list ap);
 
 /* ---- routes.c ---- */
 
@@ -181,6 +202,13 @@ typedef struct rs_metrics {
     atomic_uint_fast64_t retention_errors;
     atomic_uint_fast64_t events_pruned;
     atomic_uint_fast64_t retention_last_ms;
+    atomic_uint_fast64_t connections;    /* open now, event streams included */
+    atomic_uint_fast64_t conns_refused;  /* over --max-conns-per-ip */
+    atomic_uint_fast64_t requests_cut;   /* past --request-deadline-s */
+    atomic_uint_fast64_t bodies_refused; /* over the route's body bound (413) */
+    atomic_uint_fast64_t bodies_busy;    /* over --body-budget (503) */
+    atomic_uint_fast64_t body_bytes;     /* request body bytes held now */
+    atomic_uint_fast64_t log_suppressed;
     atomic_uint_fast64_t quota_refused;
     atomic_uint_fast64_t register_throttled;
     atomic_uint_fast64_t hashing_busy;
