@@ -252,7 +252,7 @@ static int match_id(const rs_history_entry *e, void *payload)
 /* Writes DIR/NAME with `text`, atomically (a temporary file renamed over it). */
 static void write_state(const char *dir, const char *name, const char *text)
 {
-    char path[PATH_MAX], tmp[PATH_MAX + 16];
+    char path[PATH_MAX], tmp[PATH_MAX + 32];
     FILE *f;
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     snprintf(tmp, sizeof(tmp), "%s.%ld", path, (long)getpid());
@@ -281,8 +281,11 @@ static bool read_failure(sync_failure *out, const char *dir)
     if (fscanf(f, "since %lld\nlast %lld\nattempts %lld\n", &out->since_ms, &out->last_ms,
                &out->attempts) == 3 &&
         fgets(line, sizeof(line), f) != NULL && strncmp(line, "message ", 8) == 0) {
-        snprintf(out->message, sizeof(out->message), "%s", line + 8);
-        out->message[strcspn(out->message, "\n")] = '\0';
+        size_t n = strcspn(line + 8, "\n");
+        if (n >= sizeof(out->message))
+            n = sizeof(out->message) - 1;
+        memcpy(out->message, line + 8, n);
+        out->message[n] = '\0';
         ok = true;
     }
     fclose(f);
