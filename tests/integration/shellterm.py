@@ -1,4 +1,5 @@
-"""Shell history as a person uses it: a real zsh, bash and fish in tmux,
+"""What the shell tests (test_shell_zsh, test_shell_bash, test_shell_fish)
+share. Shell history as a person uses it: a real zsh, bash and fish in tmux,
 each started with a clean rc that only evals `recsync init SHELL`, HOME in
 a temporary directory. Commands typed there reach a second device through
 the real recsyncd (background sync after every command) with their exit
@@ -9,7 +10,7 @@ shell is SIGKILLed stays recorded; a background sync that fails is shown by
 `recsync status`, not in the terminal.
 
 A shell that is not installed (scripts/deps.sh installs all three) is
-reported skipped. Every wait polls with a deadline; the tmux server and
+reported skipped (CTest: the module is skipped, tests/CMakeLists.txt). Every wait polls with a deadline; the tmux server and
 everything in it is killed by PID in a cleanup.
 """
 
@@ -21,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-import unittest
+import unittest  # noqa: F401 (ShellHooks is a TestCase)
 
 from device import Device, make_devices
 from harness import ServerProcess, make_tempdir, recsync_bin
@@ -112,6 +113,8 @@ def rc_text(shell, recsync):
 
 
 class ShellHooks(unittest.TestCase):
+    """Base class: a server, two devices, a private tmux; not run itself."""
+
     def setUp(self):
         self.server = ServerProcess(self)
         self.a, self.b = make_devices(self, self.server, 2, names=["shell", "other"])
@@ -231,41 +234,3 @@ class ShellHooks(unittest.TestCase):
         self.assertNotIn(marker, [l.strip() for l in screen])
         self.assertEqual(len([e for e in self.entries(self.a) if e["command"] == command]), 1)
         self.tmux.keys(name, "C-u")
-
-    def test_zsh(self):
-        name = self.typed_commands_reach_the_other_device("zsh")
-        self.ctrl_r_picks_a_command_of_the_other_device(name)
-        # A command running when its shell is SIGKILLed stays recorded, unfinished.
-        tag = secrets.token_hex(3)
-        self.tmux.type(name, "sleep 300 && : killed-%s" % tag)
-        rows = wait_until("the running command's start record", lambda: [
-            e for e in self.entries(self.a) if e["command"] == "sleep 300 && : killed-%s" % tag])
-        self.assertEqual((rows[0]["exit"], rows[0]["duration"]), (-1, -1))
-        shell_pid = self.tmux.pane_pid(name)
-        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(shell_pid)],
-                                  capture_output=True, timeout=10).stdout.split()
-        self.addCleanup(kill_pids, [int(p) for p in children])
-        os.kill(shell_pid, signal.SIGKILL)
-        self.a.sync()
-        rows = self.synced_entries(self.b, ["sleep 300 && : killed-%s" % tag], finished=False)
-        self.assertEqual(rows["sleep 300 && : killed-%s" % tag]["exit"], -1)
-
-    def test_bash(self):
-        name = self.typed_commands_reach_the_other_device("bash")
-        self.ctrl_r_picks_a_command_of_the_other_device(name)
-        # With the server gone, the background sync fails: kept for status, not printed.
-        self.server.kill()
-        self.run_commands(name, ["echo after-the-server-went"])
-        out = wait_until("status to show the failed background sync", lambda: (
-            lambda t: t if "FAILING" in t else None)(
-                self.a.run("status", "--timeout-ms", "200", expect=None).text))
-        self.assertIn("background sync (shell hook): FAILING since", out)
-        self.assertNotIn("recsync", self.tmux.screen(name))
-
-    def test_fish(self):
-        name = self.typed_commands_reach_the_other_device("fish")
-        self.ctrl_r_picks_a_command_of_the_other_device(name)
-
-
-if __name__ == "__main__":
-    unittest.main()
