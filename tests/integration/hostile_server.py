@@ -54,6 +54,7 @@ import select
 import signal
 import socket
 import socketserver
+import sqlite3
 import subprocess
 import threading
 import time
@@ -377,6 +378,15 @@ class HostileProxy:
             return
 
 
+def store_host(device):
+    """The device's host id, read from its store."""
+    con = sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True, timeout=30)
+    try:
+        return con.execute("SELECT value FROM meta WHERE name = 'host'").fetchone()[0]
+    finally:
+        con.close()
+
+
 class HostileWorld:
     """A mixin for unittest.TestCase: ``start_world()`` starts the real
     recsyncd, a source device with two shards (``notes``, three pages,
@@ -403,6 +413,7 @@ class HostileWorld:
     def victim(self, name):
         """A second device of the user, logged in through the proxy, with one record of its own."""
         d = Device(self, name, key=self.key)
+        d._host = store_host(d)  # as `status` would say, without a round trip
         d.login(self.proxy.url, self.user, self.password)
         d.append("mine", "own record of " + name)
         self.proxy.own_host = d.host
