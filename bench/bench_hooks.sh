@@ -26,6 +26,7 @@ RECSYNC=${RECSYNC:-$REPO/build-bench/bin/recsync}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
+CLK_TCK=$(getconf CLK_TCK)
 export HOME=$TMP RECSYNC_DIR=$TMP/store RECSYNC_NO_CTRL_R=1
 "$RECSYNC" init >/dev/null
 
@@ -33,14 +34,18 @@ export HOME=$TMP RECSYNC_DIR=$TMP/store RECSYNC_NO_CTRL_R=1
 # what $2 names ("hook_latency", or "fork_baseline": the same loop with two
 # bare background forks of the shell instead of the hooks, the floor that
 # any hook starting a process pays on this machine at this moment).
+# A line "cpu TICKS" is the shell's own CPU time (user + system, from
+# /proc/PID/stat) over the whole loop: reported per command, it is what the
+# hooks cost whatever the machine's load (the fork is the shell's system time).
 summary() {
-    sort -n | awk -v shell="$1" -v what="$2" '
-        { v[NR] = $1 }
+    sort -n | awk -v shell="$1" -v what="$2" -v hz="$CLK_TCK" '
+        $1 == "cpu" { cpu = $2; next }
+        { v[++n] = $1 }
         END {
-            if (NR == 0) exit 1
-            p50 = v[int((NR - 1) * 0.50) + 1]; p99 = v[int((NR - 1) * 0.99) + 1]
-            printf "{\"bench\":\"%s\",\"shell\":\"%s\",\"n\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
-                what, shell, NR, p50 / 1000, p99 / 1000, v[NR] / 1000
+            if (n == 0) exit 1
+            p50 = v[int((n - 1) * 0.50) + 1]; p99 = v[int((n - 1) * 0.99) + 1]
+            printf "{\"bench\":\"%s\",\"shell\":\"%s\",\"n\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,\"shell_cpu_ms_per_cmd\":%.3f}\n",
+                what, shell, n, p50 / 1000, p99 / 1000, v[n] / 1000, cpu * 1000 / hz / n
         }'
 }
 
@@ -48,6 +53,7 @@ if command -v zsh >/dev/null; then
     zsh -f -c '
         zmodload zsh/datetime
         eval "$("$1" init zsh)"
+        read -r -A st < /proc/$$/stat; c0=$(( st[14] + st[15] ))
         for (( i = 1; i <= $2; i++ )); do
             t0=$EPOCHREALTIME
             __recsync_preexec "echo bench $i"
@@ -55,9 +61,12 @@ if command -v zsh >/dev/null; then
             t1=$EPOCHREALTIME
             printf "%.0f\n" $(( (t1 - t0) * 1e6 ))
             sleep $3
-        done' zsh "$RECSYNC" "$N" "$GAP" | summary zsh hook_latency
+        done
+        read -r -A st < /proc/$$/stat; echo cpu $(( st[14] + st[15] - c0 ))' \
+        zsh "$RECSYNC" "$N" "$GAP" | summary zsh hook_latency
     zsh -f -c '
         zmodload zsh/datetime
+        read -r -A st < /proc/$$/stat; c0=$(( st[14] + st[15] ))
         for (( i = 1; i <= $1; i++ )); do
             t0=$EPOCHREALTIME
             true </dev/null >/dev/null 2>&1 &!
@@ -65,7 +74,9 @@ if command -v zsh >/dev/null; then
             t1=$EPOCHREALTIME
             printf "%.0f\n" $(( (t1 - t0) * 1e6 ))
             sleep $2
-        done' zsh "$N" "$GAP" | summary zsh fork_baseline
+        done
+        read -r -A st < /proc/$$/stat; echo cpu $(( st[14] + st[15] - c0 ))' \
+        zsh "$N" "$GAP" | summary zsh fork_baseline
 else
     echo "bench_hooks: zsh is not installed: skipped" >&2
 fi
@@ -77,6 +88,7 @@ fi
 bash -c '
     eval "$("$1" init bash)"
     trap - DEBUG
+    read -r -a st < /proc/$$/stat; c0=$(( st[13] + st[14] ))
     for (( i = 1; i <= $2; i++ )); do
         t0=${EPOCHREALTIME/[.,]/}
         __recsync_preexec "echo bench $i"
@@ -84,8 +96,11 @@ bash -c '
         t1=${EPOCHREALTIME/[.,]/}
         echo $(( t1 - t0 ))
         sleep $3
-    done' bash "$RECSYNC" "$N" "$GAP" | summary bash hook_latency
+    done
+    read -r -a st < /proc/$$/stat; echo cpu $(( st[13] + st[14] - c0 ))' \
+    bash "$RECSYNC" "$N" "$GAP" | summary bash hook_latency
 bash -c '
+    read -r -a st < /proc/$$/stat; c0=$(( st[13] + st[14] ))
     for (( i = 1; i <= $1; i++ )); do
         t0=${EPOCHREALTIME/[.,]/}
         { (true) </dev/null >/dev/null 2>&1 & } 2>/dev/null
@@ -93,7 +108,9 @@ bash -c '
         t1=${EPOCHREALTIME/[.,]/}
         echo $(( t1 - t0 ))
         sleep $2
-    done' bash "$N" "$GAP" | summary bash fork_baseline
+    done
+    read -r -a st < /proc/$$/stat; echo cpu $(( st[13] + st[14] - c0 ))' \
+    bash "$N" "$GAP" | summary bash fork_baseline
 
 if command -v fish >/dev/null; then
     # shellcheck disable=SC2016
