@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +50,8 @@ typedef struct request {
     size_t limit;       /* the largest body this route takes */
     uint64_t announced; /* Content-Length; 0: none (chunked, or no body) */
     size_t charged;     /* bytes of --body-budget this request holds */
+    size_t dropped;     /* body bytes of a request to no route, dropped */
+    bool answer_now;    /* refused in the middle of its body: answer_now() */
     rs_buf body;
 } request;
 
@@ -381,11 +384,11 @@ static void stream_end(conn_state *cs)
 
 /*
  * MHD's connection callback. STARTED counts the connection against its
- * address and starts the deadline of its first request; with
- * --max-conns-per-ip busy with requests (or out of memory) the socket is
- * shut down at once,
- * MHD closes it, and since it has no state here, a request already read on
- * it is dropped too (rs_http_handle answers MHD_NO). CLOSED uncounts it.
+ * address and starts the deadline of its first request. When the address
+ * has --max-conns-per-ip connections busy with requests (none idle to
+ * close instead), or memory is out, the socket is shut down at once: MHD
+ * closes it, and since it has no state here, a request already read on it
+ * is dropped too (rs_http_handle answers MHD_NO). CLOSED uncounts it.
  */
 void rs_http_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                     enum MHD_ConnectionNotificationCode code)
@@ -737,11 +740,7 @@ static void body_release(request *req)
     req->charged = 0;
 }
 
-/*
- * Refuses the request being read: the rest of its body is dropped as it
- * comes, and once it is read it is answered `code` with this message (MHD
- * cannot queue an answer in the middle of a body).
- */
+/* Refuses the request being read with `code` and this message: answer_now answers it. */
 static void refuse(request *req, int code, unsigned retry_after_s, const char *fmt, ...)
     RS_PRINTF(4, 5);
 static void refuse(request *req, int code, unsigned retry_after_s, const char *fmt, ...)
@@ -752,7 +751,45 @@ static void refuse(request *req, int code, unsigned retry_after_s, const char *f
     va_end(ap);
     req->error = code;
     req->retry_after_s = retry_after_s;
+    req->answer_now = true;
     body_release(req);
+}
+
+/*
+ * Answers a request refused in the middle of its body at once, and has MHD
+ * close the connection (MHD_NO). libmicrohttpd 0.9.75 cannot queue a
+ * response while a body arrives (MHD_queue_response refuses that state),
+ * and reading the rest of a body only to refuse it would keep a thread
+ * busy for as long as the client cares to send. So the error is written to
+ * the socket here, where MHD has written nothing for this request (a
+ * "100 Continue" is already out); the client reads it before the end of
+ * the connection.
+ */
+static enum MHD_Result answer_now(struct MHD_Connection *conn, request *req)
+{
+    rs_reply reply = {0};
+    char head[256];
+    unsigned status = 0;
+    rs__error(req->error, "%s", req->error_message);
+    error_reply(&reply, req->error);
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %u %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n",
+                     reply.status, MHD_get_reason_phrase_for(reply.status), reply.body.len);
+    if (req->retry_after_s && n > 0 && (size_t)n < sizeof(head))
+        n +=
+            snprintf(head + n, sizeof(head) - (size_t)n, "Retry-After: %u\r\n", req->retry_after_s);
+    if (n > 0 && (size_t)n < sizeof(head) - 2) {
+        memcpy(head + n, "\r\n", 2);
+        struct iovec iov[2] = {{head, (size_t)n + 2}, {reply.body.ptr, reply.body.len}};
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+        if (sendmsg(req->cs->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)
+            status = reply.status; /* else the client is gone: counted as no answer */
+    }
+    req->status = reply.status; /* answered: not counted again when MHD ends it */
+    rs_metrics_request(req->route, status, status ? rs_monotonic_ns() - req->started_ns : 0);
+    rs_buf_free(&reply.body);
+    return MHD_NO;
 }
 
 /*
@@ -902,9 +939,14 @@ enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const cha
     if (*upload_data_size > 0) {
         size_t size = *upload_data_size;
         *upload_data_size = 0;
-        if (req->status == 0 && req->error == 0) /* else answered or refused: discard */
+        if (req->status != 0)
+            return MHD_YES; /* answered at its headers */
+        if (req->error == 0)
             body_put(req, method, url, upload_data, size);
-        return MHD_YES;
+        else if ((req->dropped += size) > SMALL_BODY_MAX) /* no such route: a small body only */
+            refuse(req, RS_EBODY, 0, "request body is over the %u bytes %s %.200s may send",
+                   SMALL_BODY_MAX, method, url);
+        return req->answer_now ? answer_now(conn, req) : MHD_YES;
     }
     if (req->status != 0)
         return MHD_YES;
