@@ -387,9 +387,12 @@ static int parse_atuin(parser *p, const char *path)
     if (rc == SQLITE_ERROR)
         rc = sqlite3_prepare_v2(db, queries[1], -1, &st, NULL);
     if (rc != SQLITE_OK) {
-        err = rs__error(rc == SQLITE_CANTOPEN ? RS_ENOTFOUND : RS_EIO,
-                        "%s is not an Atuin history database: %s", path,
-                        db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        if (rc == SQLITE_CANTOPEN)
+            err = rs__error(RS_ENOTFOUND, "cannot open %s: %s", path,
+                            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        else
+            err = rs__error(RS_EIO, "%s is not an Atuin history database: %s", path,
+                            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         goto done;
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
