@@ -70,7 +70,7 @@ EVENT_MODES = ["long_line", "endless_data", "garbage", "seq_back", "lying", "own
 PAGE = 50  # records per page the victims ask for
 NOTES = 120  # the source's records of the target shard: three pages
 SYNC_SECONDS = 30.0  # a hostile sync must end within this
-RSS_BOUND_KB = 768 << 10  # the most a recsync process may hold (KiB): the 64 MiB answer bound, under ASan
+RSS_BOUND_KB = 384 << 10  # the most a recsync process may hold (KiB): the 64 MiB answer bound, under ASan (182 MiB measured)
 UPSTREAM_TIMEOUT = 30.0
 GIANT_LIMIT = 200 << 20  # an endless body stops here even if nobody hangs up
 STREAM_SECONDS = 30.0  # a hostile event stream ends after this at the latest
@@ -464,9 +464,9 @@ class HostileWorld:
         self.proxy.honest()
         d.sync(page=PAGE)
         src_host = self.source.host.replace("-", "").upper()
+        # Row for row the source's records (so they open as its do; verify ran before).
         self.assertEqual([r for r in d.records() if r[0] == src_host],
                          [r for r in self.source.records() if r[0] == src_host])
-        self.assertIn("ok: ", d.verify().text)
 
 
 class Watcher:
