@@ -130,10 +130,12 @@ class ShellHooks(unittest.TestCase):
         if os.path.exists(lock):
             subprocess.run(["flock", "-w", "20", lock, "true"], timeout=30)
 
-    def start_shell(self, shell, extra_env=None):
+    def start_shell(self, shell, extra_env=None, name=None):
+        """Starts `shell` in tmux session `name` (default: the shell's name), HOME name-home."""
         if shutil.which(shell) is None:
             self.skipTest("%s is not installed" % shell)
-        home = os.path.join(self.root, shell + "-home")
+        name = name or shell
+        home = os.path.join(self.root, name + "-home")
         spec = SHELLS[shell]
         rc = os.path.join(home, spec["rc"])
         os.makedirs(os.path.dirname(rc), exist_ok=True)
@@ -149,9 +151,9 @@ class ShellHooks(unittest.TestCase):
         }
         env.update(extra_env or {})
         argv = [a.replace("{rc}", rc) for a in spec["argv"]]
-        self.tmux.start(shell, argv, env, home)
-        self.wait_prompt(shell, 1)
-        return shell
+        self.tmux.start(name, argv, env, home)
+        self.wait_prompt(name, 1)
+        return name
 
     def prompts(self, name):
         return [l for l in self.tmux.screen(name).splitlines() if l.startswith(PROMPT)]
