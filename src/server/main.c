@@ -401,7 +401,8 @@ int main(int argc, char **argv)
     /*
      * Request bodies and their decoded records are megabytes each; served
      * from mmap they are faulted in afresh on every upload. Keep them in the
-     * heap, and keep freed memory for the next request.
+     * heap, and keep freed memory for the next request; the connection
+     * watchdog (http.c) hands it back with malloc_trim after a burst.
      */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 128 << 20);
