@@ -9,6 +9,13 @@ one line per comparable figure:
    "peer_value":2010,"unit":"records/s","ratio":25.37,"better":"higher"}
 
 ratio is recsync / peer; "better" says which way is good for that figure.
+A peer line that says its run went wrong (ok false, fewer documents or
+blocks than N, write failures, live timeouts or mismatches, no samples)
+gives no ratio; instead one line says which comparison was withheld and why:
+
+  {"bench":"ratio_withheld","what":"pull","peer":"pouchdb","n":100000,
+   "reason":"b_doc_count 99000 < n 100000"}
+
 Then one {"bench":"target",...} line per target of DESIGN.md with "met".
 Ratios and targets use the SQLite server's figures (recsyncd's default);
 when the run also measured a PostgreSQL server, one line per figure sets
@@ -60,6 +67,34 @@ TARGETS = [
 ]
 
 
+# Peer fields that count what a run moved: each must reach N.
+PEER_COUNTS = ["docs", "a_doc_count", "server_doc_count", "b_doc_count", "a_length", "b_length",
+               "b_contiguous_length"]
+# Peer fields that count what went wrong: each must be 0.
+PEER_FAULTS = ["errors", "doc_write_failures", "timeouts", "content_mismatches"]
+
+
+def peer_problem(obj, n):
+    """Why a peer's line cannot be compared (a run that failed or fell
+    short), or None when it can."""
+    if obj.get("ok") is False:
+        return "the peer's run reports ok false"
+    if obj.get("content_sha256_ok") is False:
+        return "the peer's pulled content does not match what was written"
+    # incr moves its own batch, not N; its docs count is checked by its ok.
+    for field in PEER_COUNTS if obj.get("metric") in ("write", "push", "pull") else []:
+        v = obj.get(field)
+        if isinstance(v, (int, float)) and v < n:
+            return "%s %s < n %d" % (field, v, n)
+    for field in PEER_FAULTS:
+        v = obj.get(field)
+        if isinstance(v, (int, float)) and v > 0:
+            return "%s %s" % (field, v)
+    if obj.get("metric") == "live" and not obj.get("samples"):
+        return "no live samples"
+    return None
+
+
 # Figures measured on both backends, in the order they are printed.
 BACKENDS = [
     ("push", "records/s", "higher"),
@@ -102,8 +137,14 @@ def main():
 
     for what, peer, metric, field, unit, better in COMPARE:
         mine = ours.get((what, n))
-        theirs = peers.get((peer, metric), {}).get(field)
+        line = peers.get((peer, metric), {})
+        theirs = line.get(field)
         if mine is None or not theirs:
+            continue
+        problem = peer_problem(line, n)
+        if problem:
+            print(json.dumps({"bench": "ratio_withheld", "what": what, "peer": peer, "n": n,
+                              "reason": problem}, separators=(",", ":")))
             continue
         print(json.dumps({"bench": "ratio", "what": what, "peer": peer, "n": n,
                           "recsync": round(mine, 3), "peer_value": theirs, "unit": unit,

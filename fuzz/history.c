@@ -1,6 +1,8 @@
 /*
- * History import: the bytes as a bash history file (fuzz_history_bash) or
- * a zsh one (fuzz_history_zsh, FUZZ_ZSH), through rs_history_import, which
+ * History import: the bytes as a bash history file (fuzz_history_bash;
+ * fuzz_history_bash_multiline, FUZZ_MULTILINE, as lithist files), a zsh
+ * one (fuzz_history_zsh, FUZZ_ZSH) or a fish_history (fuzz_history_fish,
+ * FUZZ_FISH), through rs_history_import_flags, which
  * reads a path: each input is written to a file in a temporary directory
  * that also holds the one store every input is imported into (under
  * /dev/shm when there is one: the store's commits then cost no disk
@@ -15,10 +17,17 @@
 #include <recsync.h>
 #include <unistd.h>
 
-#ifdef FUZZ_ZSH
+#if defined(FUZZ_ZSH)
 #define FORMAT RS_HISTORY_ZSH
+#elif defined(FUZZ_FISH)
+#define FORMAT RS_HISTORY_FISH
 #else
 #define FORMAT RS_HISTORY_BASH
+#endif
+#ifdef FUZZ_MULTILINE
+#define FLAGS RS_HISTORY_IMPORT_MULTILINE
+#else
+#define FLAGS 0
 #endif
 
 static char root[64];
@@ -62,9 +71,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(f != NULL);
     CHECK(fwrite(data, 1, size, f) == size);
     CHECK(fclose(f) == 0);
-    CHECK(rs_history_import(&first, store, FORMAT, file) == 0);
+    CHECK(rs_history_import_flags(&first, store, FORMAT, file, FLAGS) == 0);
     CHECK(first.imported + first.skipped == first.entries);
-    CHECK(rs_history_import(&second, store, FORMAT, file) == 0);
+    CHECK(rs_history_import_flags(&second, store, FORMAT, file, FLAGS) == 0);
     CHECK(second.entries == first.entries && second.imported == 0);
     return 0;
 }

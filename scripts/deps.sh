@@ -8,6 +8,9 @@ packages=(
     libsqlite3-dev sqlite3 libsodium-dev libcurl4-openssl-dev libmicrohttpd-dev
     libjansson-dev libpq-dev libcmocka-dev postgresql
     python3 clang libclang-rt-dev valgrind wrk procps
+    # the shell history tests (tests/integration/test_shell_hooks.py) type into
+    # real shells in tmux and search with fzf
+    tmux zsh bash fish fzf util-linux
 )
 
 missing=()

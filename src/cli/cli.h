@@ -68,4 +68,11 @@ int cmd_watch(cli *c, int argc, char **argv);
 int cmd_repair(cli *c, int argc, char **argv);
 int cmd_snapshot(cli *c, int argc, char **argv);
 
+/* Shell integration (cmd_shell.c): `init SHELL`, the hooks' history start/end/session. */
+int cmd_init_shell(cli *c, int argc, char **argv);
+int cli_history_hook(cli *c, int argc, char **argv);
+int cli_history_session(cli *c, int argc, char **argv);
+/* For `recsync status`: the shell hooks' background sync and its failures (text only). */
+void cli_shell_status(cli *c, bool json);
+
 #endif

@@ -1,6 +1,8 @@
 /*
  * history: shell history on records of tag "history".
  */
+#define _XOPEN_SOURCE 700 /* strptime */
+#define _DEFAULT_SOURCE
 #include "cli.h"
 
 #include <getopt.h>
@@ -13,21 +15,33 @@
 static const char history_usage[] =
     "usage: recsync [--dir DIR] history add [--cwd D] [--exit N] [--duration MS]\n"
     "                                       [--session S] [--time MS] -- COMMAND...\n"
-    "       recsync [--dir DIR] history list [--limit N] [--json] [--all]\n"
-    "       recsync [--dir DIR] history search [--limit N] [--json] TEXT\n"
+    "       recsync [--dir DIR] history list [FILTERS] [--limit N] [--json] [--all]\n"
+    "       recsync [--dir DIR] history search [FILTERS] [--limit N] [--json] TEXT\n"
     "       recsync [--dir DIR] history delete ID\n"
-    "       recsync [--dir DIR] history import bash|zsh FILE\n"
+    "       recsync [--dir DIR] history import [--multiline] bash|zsh|fish|atuin FILE|-\n"
     "add records a command (cwd defaults to the current directory, session to\n"
     "$RECSYNC_SESSION; exit and duration to -1, unknown) and prints its id.\n"
     "list and search print newest first: ID<TAB>TIME<TAB>EXIT<TAB>DURATION_MS<TAB>COMMAND\n"
     "(newlines and tabs in commands shown as \\n and \\t); --json prints one object\n"
-    "per entry; --all (with --json) lists every entry by id, deleted ones included.\n"
+    "per entry; --commands prints the command only, --print0 each ended by a NUL\n"
+    "instead of a newline and not escaped; --all (with --json) lists every entry by\n"
+    "id, deleted ones included.\n"
+    "FILTERS: --cwd DIR (. for the current one), --session S, --host NAME, --exit N,\n"
+    "--since WHEN, --until WHEN, --unique (the newest entry of each command only).\n"
+    "WHEN: YYYY-MM-DD [HH:MM[:SS]] local time (--until a date alone: to its end),\n"
+    "@UNIX_SECONDS, or N followed by s, m, h, d or w: that long ago.\n"
     "search matches TEXT anywhere in the command, ignoring case.\n"
     "delete removes an entry on every device once synced.\n"
-    "import reads a bash or zsh history file; entries imported before are skipped.\n";
+    "import reads a bash, zsh or fish history file (- for standard input) or Atuin's\n"
+    "history.db; entries imported before are skipped. bash: one entry per line, a\n"
+    "#<time> line dating the next; --multiline: the lines up to the next #<time>\n"
+    "make one entry (bash's lithist).\n"
+    "The shell hooks (recsync init) run history start, end and session.\n";
 
 typedef struct print_opts {
     bool json;
+    bool commands; /* the command only */
+    bool print0;   /* ended by NUL, unescaped */
 } print_opts;
 
 static int print_entry(const rs_history_entry *e, void *payload)
@@ -37,6 +51,15 @@ static int print_entry(const rs_history_entry *e, void *payload)
     time_t secs = (time_t)(e->time_ms / 1000);
     struct tm tm;
 
+    if (po->commands) {
+        if (po->print0)
+            fwrite(e->command, 1, strlen(e->command) + 1, stdout);
+        else {
+            cli_print_escaped(e->command);
+            putchar('\n');
+        }
+        return 0;
+    }
     rs_uuid_format(id, &e->id);
     if (po->json) {
         rs_uuid_format(host, &e->host);
@@ -61,6 +84,10 @@ static int print_entry(const rs_history_entry *e, void *payload)
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm) == 0)
         snprintf(when, sizeof(when), "%lld", (long long)e->time_ms);
     printf("%s\t%s\t%lld\t%lld\t", id, when, (long long)e->exit_code, (long long)e->duration_ms);
+    if (po->print0) {
+        fwrite(e->command, 1, strlen(e->command) + 1, stdout);
+        return 0;
+    }
     cli_print_escaped(e->command);
     putchar('\n');
     return 0;
@@ -148,21 +175,72 @@ static int history_add(cli *c, int argc, char **argv)
     return rc;
 }
 
-/* list and search share their options: --limit, --json, and list's --all. */
+/*
+ * A --since/--until value as Unix ms: "YYYY-MM-DD[ HH:MM[:SS]]" (or with a
+ * "T") in local time, "@SECONDS", or "N[smhdw]" that long before now. A date
+ * alone given to --until (`end`) means the end of that day. -1 if none.
+ */
+static int64_t parse_when(const char *text, bool end)
+{
+    struct tm tm;
+    const char *rest;
+    char *num_end;
+    long long n;
+    time_t t;
+
+    if (text[0] == '@') {
+        if (!cli_parse_ll(&n, text + 1, 0, 253402300799LL))
+            return -1;
+        return n * 1000;
+    }
+    n = strtoll(text, &num_end, 10);
+    if (num_end != text && n >= 0 && num_end[0] != '\0' && num_end[1] == '\0' &&
+        strchr("smhdw", num_end[0])) {
+        static const long long unit[] = {1, 60, 3600, 86400, 604800};
+        long long secs = n * unit[strchr("smhdw", num_end[0]) - "smhdw"];
+        int64_t now = (int64_t)rs_now_ms();
+        return secs > now / 1000 ? 1 : now - secs * 1000;
+    }
+    memset(&tm, 0, sizeof(tm));
+    if ((rest = strptime(text, "%Y-%m-%d", &tm)) == NULL)
+        return -1;
+    if (*rest == '\0' && end) {
+        tm.tm_hour = 23;
+        tm.tm_min = 59;
+        tm.tm_sec = 59;
+    } else if (*rest != '\0') {
+        if ((*rest != ' ' && *rest != 'T') ||
+            ((num_end = strptime(rest + 1, "%H:%M:%S", &tm)) == NULL &&
+             (num_end = strptime(rest + 1, "%H:%M", &tm)) == NULL) ||
+            *num_end != '\0')
+            return -1;
+    }
+    tm.tm_isdst = -1;
+    if ((t = mktime(&tm)) == (time_t)-1 || t < 0)
+        return -1;
+    return (int64_t)t * 1000 + (end && *rest == '\0' ? 999 : 0);
+}
+
+/* list and search share their options: the filters, --limit, --json, and list's --all. */
 static int history_query(cli *c, int argc, char **argv, bool search)
 {
-    static const struct option opts[] = {{"limit", required_argument, NULL, 'l'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"all", no_argument, NULL, 'a'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    print_opts po = {false};
+    static const struct option opts[] = {
+        {"limit", required_argument, NULL, 'l'},   {"json", no_argument, NULL, 'j'},
+        {"all", no_argument, NULL, 'a'},           {"cwd", required_argument, NULL, 'c'},
+        {"session", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
+        {"exit", required_argument, NULL, 'e'},    {"since", required_argument, NULL, 'S'},
+        {"until", required_argument, NULL, 'U'},   {"unique", no_argument, NULL, 'u'},
+        {"commands", no_argument, NULL, 'C'},      {"print0", no_argument, NULL, '0'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    print_opts po = {false, false, false};
+    rs_history_filter f;
     rs_store *store = NULL;
-    size_t limit = 0;
-    bool all = false;
+    bool all = false, filtered = false;
+    char cwd[PATH_MAX];
     long long v;
     int opt, err;
 
+    memset(&f, 0, sizeof(f));
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
@@ -170,13 +248,53 @@ static int history_query(cli *c, int argc, char **argv, bool search)
             if (!cli_parse_ll(&v, optarg, 1, LLONG_MAX))
                 return cli_usage(history_usage, "--limit needs a positive number, not '%s'",
                                  optarg);
-            limit = (size_t)v;
+            f.limit = (size_t)v;
             break;
         case 'j':
             po.json = true;
             break;
         case 'a':
             all = true;
+            break;
+        case 'c':
+            f.cwd = strcmp(optarg, ".") == 0 ? getcwd(cwd, sizeof(cwd)) : optarg;
+            if (f.cwd == NULL)
+                return cli_usage(history_usage, "--cwd .: the current directory is unknown");
+            filtered = true;
+            break;
+        case 's':
+            f.session = optarg;
+            filtered = true;
+            break;
+        case 'H':
+            f.hostname = optarg;
+            filtered = true;
+            break;
+        case 'e':
+            if (!cli_parse_ll(&v, optarg, INT_MIN, INT_MAX))
+                return cli_usage(history_usage, "--exit needs a whole number, not '%s'", optarg);
+            f.has_exit = 1;
+            f.exit_code = v;
+            filtered = true;
+            break;
+        case 'S':
+        case 'U':
+            if ((*(opt == 'S' ? &f.since_ms : &f.until_ms) = parse_when(optarg, opt == 'U')) < 0)
+                return cli_usage(history_usage,
+                                 "--%s needs YYYY-MM-DD [HH:MM[:SS]], @SECONDS or N[smhdw], "
+                                 "not '%s'",
+                                 opt == 'S' ? "since" : "until", optarg);
+            filtered = true;
+            break;
+        case 'u':
+            f.unique = 1;
+            filtered = true;
+            break;
+        case 'C':
+            po.commands = true;
+            break;
+        case '0':
+            po.print0 = true;
             break;
         default:
             return cli_other_option(opt, history_usage, "history %s: bad option", argv[0]);
@@ -188,16 +306,19 @@ static int history_query(cli *c, int argc, char **argv, bool search)
         return cli_usage(history_usage, "history list takes no arguments");
     if (search && argv[optind][0] == '\0')
         return cli_usage(history_usage, "history search: the TEXT is empty");
-    if (all && (search || !po.json || limit))
+    if (all && (search || !po.json || f.limit || filtered || po.commands || po.print0))
         return cli_usage(history_usage, "--all goes with 'history list --json' only");
+    if (po.json && (po.commands || po.print0))
+        return cli_usage(history_usage, "--json goes without --commands and --print0");
+    if (f.since_ms && f.until_ms && f.since_ms > f.until_ms)
+        return cli_usage(history_usage, "--since is after --until");
     if (cli_open(&store, c) != 0)
         return EXIT_FAIL;
-    if (search)
-        err = rs_history_search(store, argv[optind], limit, print_entry, &po);
-    else if (all)
+    f.text = search ? argv[optind] : NULL;
+    if (all)
         err = rs_history_foreach(store, print_entry, &po);
     else
-        err = rs_history_list(store, limit, print_entry, &po);
+        err = rs_history_find(store, &f, print_entry, &po);
     rs_store_free(store);
     if (err == 0 && fflush(stdout) != 0)
         err = RS_EIO;
@@ -224,27 +345,52 @@ static int history_delete(cli *c, int argc, char **argv)
 
 static int history_import(cli *c, int argc, char **argv)
 {
+    static const struct option opts[] = {{"multiline", no_argument, NULL, 'm'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    static const char *const names[] = {"bash", "zsh", "fish", "atuin"};
+    static const rs_history_format formats[] = {RS_HISTORY_BASH, RS_HISTORY_ZSH, RS_HISTORY_FISH,
+                                                RS_HISTORY_ATUIN};
     rs_history_import_stats stats;
-    rs_history_format format;
+    rs_history_format format = RS_HISTORY_BASH;
     rs_store *store = NULL;
-    int err, rc = EXIT_OK;
+    unsigned flags = 0;
+    const char *path;
+    bool known = false;
+    int opt, err, rc = EXIT_OK;
 
-    if (argc != 3)
-        return cli_usage(history_usage, "history import needs bash|zsh and a FILE");
-    if (strcmp(argv[1], "bash") == 0)
-        format = RS_HISTORY_BASH;
-    else if (strcmp(argv[1], "zsh") == 0)
-        format = RS_HISTORY_ZSH;
-    else
-        return cli_usage(history_usage, "history import: unknown format '%s' (bash or zsh)",
-                         argv[1]);
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (opt == 'm')
+            flags |= RS_HISTORY_IMPORT_MULTILINE;
+        else
+            return cli_other_option(opt, history_usage, "history import: bad option");
+    }
+    if (argc - optind != 2)
+        return cli_usage(history_usage, "history import needs bash|zsh|fish|atuin and a FILE");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(argv[optind], names[i]) == 0) {
+            format = formats[i];
+            known = true;
+        }
+    }
+    if (!known)
+        return cli_usage(history_usage,
+                         "history import: unknown format '%s' (bash, zsh, fish or atuin)",
+                         argv[optind]);
+    if ((flags & RS_HISTORY_IMPORT_MULTILINE) && format != RS_HISTORY_BASH)
+        return cli_usage(history_usage, "history import: --multiline is for bash files");
+    path = argv[optind + 1];
+    if (format == RS_HISTORY_ATUIN && strcmp(path, "-") == 0)
+        return cli_usage(history_usage,
+                         "history import atuin reads a history.db file, not standard input");
     if (cli_open(&store, c) != 0)
         return EXIT_FAIL;
-    if ((err = rs_history_import(&stats, store, format, argv[2])) < 0)
+    if ((err = rs_history_import_flags(&stats, store, format, path, flags)) < 0)
         rc = cli_fail("history import", err);
     else
         printf("imported %zu entries from %s (%zu read, %zu already present)\n", stats.imported,
-               argv[2], stats.entries, stats.skipped);
+               strcmp(path, "-") == 0 ? "standard input" : path, stats.entries, stats.skipped);
     rs_store_free(store);
     return rc;
 }
@@ -270,5 +416,9 @@ int cmd_history(cli *c, int argc, char **argv)
         return history_delete(c, argc - 1, argv + 1);
     if (strcmp(sub, "import") == 0)
         return history_import(c, argc - 1, argv + 1);
+    if (strcmp(sub, "start") == 0 || strcmp(sub, "end") == 0)
+        return cli_history_hook(c, argc - 1, argv + 1);
+    if (strcmp(sub, "session") == 0)
+        return cli_history_session(c, argc - 1, argv + 1);
     return cli_usage(history_usage, "unknown history command '%s'", sub);
 }

@@ -16,6 +16,8 @@ int cmd_init(cli *c, int argc, char **argv)
     char text[RS_UUID_STRLEN + 1], key_id[RS_KEY_ID_STRLEN + 1];
     int err;
 
+    if (argc >= 2 && argv[1][0] != '-')
+        return cmd_init_shell(c, argc, argv);
     if (cli_help(usage, argc, argv))
         return EXIT_OK;
     if (argc != 1)

@@ -714,6 +714,7 @@ int cmd_status(cli *c, int argc, char **argv)
         print_status_json(&si);
     else
         print_status(&si);
+    cli_shell_status(c, json);
 done:
     free(si.rows);
     rs_index_free(si.local);

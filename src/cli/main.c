@@ -13,6 +13,7 @@ static const char usage_text[] =
     "\n"
     "commands:\n"
     "  init                        create a store, host id and master key in DIR\n"
+    "  init zsh|bash|fish          the shell hook: eval \"$(recsync init zsh)\"\n"
     "  key export | key import     the master key as text on stdout / from stdin\n"
     "  register|login --server URL --user NAME\n"
     "                              password from $RECSYNC_PASSWORD or a prompt\n"

@@ -191,6 +191,20 @@ static int http_error(rs_client *c, long status, const char *method, const char 
         name[0] = '\0';
     }
     named = code_of(name);
+    if (status >= 300 && status <= 399) {
+        /* Never followed (another scheme, host or port is not the server the store trusts). */
+        char *to = NULL, where[204];
+        if (rs__curl.easy_getinfo(c->curl, CURLINFO_REDIRECT_URL, &to) != CURLE_OK || to == NULL)
+            to = "nowhere valid";
+        snprintf(where, sizeof(where), "%.200s", to);
+        for (char *p = where; *p; p++)
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+                *p = '?';
+        return rs__error(RS_ESERVER,
+                         "server %s answered %s %.120s with %ld, a redirect to %s: not "
+                         "followed; check the server URL (recsync login --server)",
+                         c->base, method, path, status, where);
+    }
     int code;
     if (status == 401 || status == 403 || status == 429)
         code = RS_EAUTH;

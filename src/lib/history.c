@@ -22,7 +22,7 @@
  * ten times slower. An import defers indexing its new rows to one pass at
  * its end.
  */
-#include "builtin.h"
+#include "history_int.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -37,7 +37,7 @@
 #define RID_MAX_MS ((INT64_C(1) << 50) - 1)
 #define RID_PROBES 4096
 
-typedef struct history_state {
+struct history_state {
     rs_store *store;
     sqlite3_stmt *st_lookup;
     sqlite3_stmt *st_insert;
@@ -50,7 +50,7 @@ typedef struct history_state {
     int64_t *pending;
     size_t pending_count;
     size_t pending_cap;
-} history_state;
+};
 
 static const char history_schema[] =
     "CREATE TABLE IF NOT EXISTS history("
@@ -79,7 +79,8 @@ static int history_setup(sqlite3 *db, void *payload)
         return 0;
     if ((err = rs__prepare_kept(
              db, &hs->st_lookup,
-             "SELECT rid, deleted, command, hlc, host FROM history WHERE id = ?1", what)) < 0 ||
+             "SELECT rid, deleted, command, hlc, host, exit, duration FROM history WHERE id = ?1",
+             what)) < 0 ||
         (err = rs__prepare_kept(db, &hs->st_insert,
                                 "INSERT INTO history(rid, id, " ROW_FIELDS ") VALUES "
                                 "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -153,6 +154,7 @@ typedef struct row {
 typedef struct stored {
     bool found;
     bool deleted;
+    bool finished; /* exit status or duration known */
     int64_t rid;
     char *command; /* live rows: for the index's delete */
     rs_hlc hlc;
@@ -175,6 +177,7 @@ static int lookup(stored *out, history_state *hs, const rs_uuid *id)
         out->hlc = (rs_hlc)sqlite3_column_int64(st, 3);
         if (sqlite3_column_bytes(st, 4) == 16)
             memcpy(out->host.bytes, sqlite3_column_blob(st, 4), 16);
+        out->finished = sqlite3_column_int64(st, 5) >= 0 || sqlite3_column_int64(st, 6) >= 0;
         if (command && (out->command = rs__strdup(command)) == NULL)
             err = rs__error(RS_ENOMEM, "out of memory reading a history entry");
     } else if (rc != SQLITE_DONE) {
@@ -260,19 +263,25 @@ static int defer_index(history_state *hs, int64_t rid)
 }
 
 /*
- * A create: a new entry, or a live entry replaced when (hlc, host) is
- * higher; never over a tombstone.
+ * A create: a new entry, or a live entry replaced when (finished, hlc,
+ * host) is higher; never over a tombstone. A shell hook writes an entry
+ * unfinished when its command starts and finished when it ends; ranking
+ * finished first keeps the end's record whatever order the two arrive in,
+ * on every device.
  */
 static int apply_create(history_state *hs, const row *r)
 {
     stored old;
     int64_t rid;
+    bool finished;
     int err;
 
     if ((err = lookup(&old, hs, &r->id)) < 0)
         return err;
-    if (old.found &&
-        (old.deleted || rs_hlc_cmp(r->rec->hlc, &r->rec->host, old.hlc, &old.host) <= 0))
+    finished = r->exit_code >= 0 || r->duration_ms >= 0;
+    if (old.found && (old.deleted || (old.finished && !finished) ||
+                      (old.finished == finished &&
+                       rs_hlc_cmp(r->rec->hlc, &r->rec->host, old.hlc, &old.host) <= 0)))
         goto done;
     if (old.found && old.command &&
         (err = fts_write(hs, hs->st_fts_delete, old.rid, old.command)) < 0)
@@ -391,7 +400,7 @@ int rs__history_register(rs_store *store)
     return err;
 }
 
-static history_state *history_of(rs_store *store)
+history_state *rs__history_of(rs_store *store)
 {
     for (size_t i = 0; i < store->tag_count; i++)
         if (store->tags[i].def.apply == history_apply)
@@ -399,11 +408,7 @@ static history_state *history_of(rs_store *store)
     return NULL;
 }
 
-/*
- * The state of entry `id`: 1 live, 0 tombstone, RS_ENOTFOUND unknown
- * (without setting a message), or an RS_E* code on a database failure.
- */
-static int entry_state(history_state *hs, const rs_uuid *id)
+int rs__history_entry_state(history_state *hs, const rs_uuid *id)
 {
     stored old;
     int err = lookup(&old, hs, id);
@@ -425,8 +430,7 @@ static char *utf8_copy(const char *s)
     return out;
 }
 
-/* Appends the create record of `e` (its text already UTF-8, id set). */
-static int write_create(rs_store *store, const rs_history_entry *e)
+int rs__history_write_create(rs_store *store, const rs_history_entry *e)
 {
     char id[RS_UUID_STRLEN + 1], *text = NULL;
     json_t *root;
@@ -448,7 +452,7 @@ static int write_create(rs_store *store, const rs_history_entry *e)
     return err;
 }
 
-static void this_hostname(char *out, size_t size)
+void rs__history_hostname(char *out, size_t size)
 {
     if (gethostname(out, size) != 0)
         out[0] = '\0';
@@ -464,7 +468,7 @@ int rs_history_add(rs_uuid *out, rs_store *store, const rs_history_entry *entry)
     if (entry == NULL || entry->command == NULL || entry->command[0] == '\0')
         return rs__error(RS_EINVAL, "history add: the command is empty");
     if (entry->hostname == NULL)
-        this_hostname(host, sizeof(host));
+        rs__history_hostname(host, sizeof(host));
     e = *entry;
     command = utf8_copy(entry->command);
     cwd = utf8_copy(entry->cwd);
@@ -482,7 +486,7 @@ int rs_history_add(rs_uuid *out, rs_store *store, const rs_history_entry *entry)
         e.time_ms = (int64_t)rs_now_ms();
     if (rs_uuid_is_nil(&e.id))
         rs_uuid_v7(&e.id, (uint64_t)e.time_ms);
-    if ((err = write_create(store, &e)) < 0)
+    if ((err = rs__history_write_create(store, &e)) < 0)
         goto done;
     if (out)
         *out = e.id;
@@ -496,14 +500,14 @@ done:
 
 int rs_history_delete(rs_store *store, const rs_uuid *id)
 {
-    history_state *hs = history_of(store);
+    history_state *hs = rs__history_of(store);
     char text[RS_UUID_STRLEN + 1], payload[80];
     int state, err;
 
     if (hs == NULL)
         return rs__error(RS_ENOTFOUND, "store %s has no history store registered", store->dir);
     rs_uuid_format(text, id);
-    state = entry_state(hs, id);
+    state = rs__history_entry_state(hs, id);
     if (state == RS_ENOTFOUND)
         return rs__error(RS_ENOTFOUND, "no history entry %s", text);
     if (state == 0)
@@ -655,399 +659,6 @@ int rs_history_search(rs_store *store, const char *text, size_t limit, rs_histor
 }
 
 /*
- * Import. The file is read whole, parsed into entries whose commands are
- * collected (joined, unmetafied, repaired to UTF-8) in one arena, dated,
- * given deterministic ids, and written in one transaction.
- */
-typedef struct parsed {
-    size_t off; /* the command: arena[off .. off + len) */
-    size_t len;
-    int64_t time_ms; /* -1: the file gives none */
-    int64_t duration_ms;
-    bool timed;
-} parsed;
-
-typedef struct parser {
-    const char *path;
-    parsed *entries;
-    size_t count;
-    size_t cap;
-    char *arena;
-    size_t arena_len;
-    size_t arena_cap;
-    char *scratch; /* the command being assembled, raw */
-    size_t scratch_len;
-    size_t scratch_cap;
-} parser;
-
-static int grow(void **buf, size_t *cap, size_t need, size_t elem)
-{
-    size_t n = *cap ? *cap : 64;
-    void *grown;
-    if (need <= *cap)
-        return 0;
-    while (n < need)
-        n *= 2;
-    if ((grown = rs__realloc(*buf, n * elem)) == NULL)
-        return rs__error(RS_ENOMEM, "out of memory importing history");
-    *buf = grown;
-    *cap = n;
-    return 0;
-}
-
-static int scratch_add(parser *p, const char *s, size_t len)
-{
-    int err = grow((void **)&p->scratch, &p->scratch_cap, p->scratch_len + len + 1, 1);
-    if (err < 0)
-        return err;
-    memcpy(p->scratch + p->scratch_len, s, len);
-    p->scratch_len += len;
-    return 0;
-}
-
-/*
- * zsh keeps some bytes "metafied": 0x83 (Meta) followed by the byte XOR 32.
- * Undone in place.
- */
-static void unmetafy(char *s, size_t *len)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < *len; i++) {
-        if ((unsigned char)s[i] == 0x83 && i + 1 < *len)
-            s[o++] = (char)(s[++i] ^ 32);
-        else
-            s[o++] = s[i];
-    }
-    *len = o;
-}
-
-/* Emits the scratch command (unless empty) with its time; clears scratch. */
-static int emit(parser *p, int64_t time_ms, int64_t duration_ms, bool zsh)
-{
-    size_t len = p->scratch_len;
-    parsed *e;
-    int err;
-
-    if (zsh)
-        unmetafy(p->scratch, &len);
-    while (len > 0 && p->scratch[len - 1] == '\n')
-        len--;
-    p->scratch_len = 0;
-    if (len == 0)
-        return 0;
-    if ((err = grow((void **)&p->entries, &p->cap, p->count + 1, sizeof(*p->entries))) < 0 ||
-        (err = grow((void **)&p->arena, &p->arena_cap, p->arena_len + 3 * len + 1, 1)) < 0)
-        return err;
-    e = &p->entries[p->count++];
-    e->off = p->arena_len;
-    e->len = rs__utf8_repair(p->arena + p->arena_len, p->scratch, len);
-    p->arena_len += e->len + 1;
-    e->timed = time_ms >= 0;
-    e->time_ms = time_ms;
-    e->duration_ms = duration_ms;
-    return 0;
-}
-
-/* The next line of buf[*pos..len) without its "\n" or "\r\n"; false at the end. */
-static bool next_line(const char **line, size_t *line_len, const char *buf, size_t len, size_t *pos)
-{
-    const char *nl;
-    size_t n;
-    if (*pos >= len)
-        return false;
-    nl = memchr(buf + *pos, '\n', len - *pos);
-    n = nl ? (size_t)(nl - (buf + *pos)) : len - *pos;
-    *line = buf + *pos;
-    *pos += n + (nl != NULL);
-    if (n > 0 && (*line)[n - 1] == '\r')
-        n--;
-    *line_len = n;
-    return true;
-}
-
-/* Parses decimal digits s[*i..n) into *out; false when there are none or too many. */
-static bool parse_digits(int64_t *out, const char *s, size_t n, size_t *i)
-{
-    int64_t v = 0;
-    size_t start = *i;
-    while (*i < n && s[*i] >= '0' && s[*i] <= '9') {
-        if (*i - start >= 15)
-            return false;
-        v = v * 10 + (s[*i] - '0');
-        (*i)++;
-    }
-    *out = v;
-    return *i > start;
-}
-
-/* ": <start>:<elapsed>;" at the head of a zsh line; *skip is its length. */
-static bool zsh_extended(int64_t *start, int64_t *elapsed, size_t *skip, const char *s, size_t n)
-{
-    size_t i = 2;
-    if (n < 2 || s[0] != ':' || s[1] != ' ')
-        return false;
-    if (!parse_digits(start, s, n, &i) || i >= n || s[i++] != ':' ||
-        !parse_digits(elapsed, s, n, &i) || i >= n || s[i++] != ';')
-        return false;
-    *skip = i;
-    return true;
-}
-
-static int parse_zsh(parser *p, const char *buf, size_t len)
-{
-    const char *line;
-    size_t n, pos = 0, skip;
-    int64_t start, elapsed;
-    int err;
-
-    while (next_line(&line, &n, buf, len, &pos)) {
-        int64_t time_ms = -1, duration_ms = -1;
-        if (zsh_extended(&start, &elapsed, &skip, line, n)) {
-            time_ms = start * 1000;
-            duration_ms = elapsed * 1000;
-            line += skip;
-            n -= skip;
-        }
-        /* A trailing backslash continues the command on the next line. */
-        while (n > 0 && line[n - 1] == '\\') {
-            if ((err = scratch_add(p, line, n - 1)) < 0 || (err = scratch_add(p, "\n", 1)) < 0)
-                return err;
-            if (!next_line(&line, &n, buf, len, &pos)) {
-                n = 0;
-                break;
-            }
-        }
-        if ((err = scratch_add(p, line, n)) < 0 || (err = emit(p, time_ms, duration_ms, true)) < 0)
-            return err;
-    }
-    return 0;
-}
-
-/* "#" and digits only: bash's timestamp line. */
-static bool bash_timestamp(int64_t *out, const char *s, size_t n)
-{
-    size_t i = 1;
-    return n > 1 && s[0] == '#' && parse_digits(out, s, n, &i) && i == n;
-}
-
-static int parse_bash(parser *p, const char *buf, size_t len)
-{
-    const char *line;
-    size_t n, pos = 0;
-    int64_t ts, time_ms = -1;
-    bool dated = false; /* after a timestamp: lines join until the next */
-    int err;
-
-    while (next_line(&line, &n, buf, len, &pos)) {
-        if (bash_timestamp(&ts, line, n)) {
-            if (dated && (err = emit(p, time_ms, -1, false)) < 0)
-                return err;
-            dated = true;
-            time_ms = ts * 1000;
-            continue;
-        }
-        if (dated && p->scratch_len > 0 && (err = scratch_add(p, "\n", 1)) < 0)
-            return err;
-        if ((err = scratch_add(p, line, n)) < 0)
-            return err;
-        if (!dated && (err = emit(p, -1, -1, false)) < 0)
-            return err;
-    }
-    return dated ? emit(p, time_ms, -1, false) : 0;
-}
-
-/*
- * Dates the entries the file left undated: each goes 1 ms before the entry
- * after it, the last before `end_ms`, so they sort in file order.
- */
-static void date_entries(parser *p, int64_t end_ms)
-{
-    int64_t anchor = end_ms;
-    for (size_t i = p->count; i-- > 0;) {
-        if (p->entries[i].timed)
-            anchor = p->entries[i].time_ms;
-        else
-            p->entries[i].time_ms = --anchor;
-    }
-}
-
-/* Counts of the entries seen so far per (time, command) hash, for their ordinals. */
-typedef struct seen_slot {
-    uint8_t key[16];
-    uint32_t count;
-    bool used;
-} seen_slot;
-
-typedef struct seen_table {
-    seen_slot *slots;
-    size_t cap; /* a power of two */
-    size_t used;
-} seen_table;
-
-static uint64_t slot_hash(const uint8_t *key)
-{
-    uint64_t h;
-    memcpy(&h, key, sizeof(h));
-    return h;
-}
-
-/* The number of times `key` was seen before this call (0 the first time). */
-static int seen_count(uint32_t *out, seen_table *t, const uint8_t *key)
-{
-    size_t i;
-    if (t->used * 10 >= t->cap * 7) {
-        size_t cap = t->cap ? t->cap * 2 : 1024;
-        seen_slot *slots = rs__calloc(cap, sizeof(*slots));
-        if (slots == NULL)
-            return rs__error(RS_ENOMEM, "out of memory importing history");
-        for (size_t k = 0; k < t->cap; k++) {
-            if (!t->slots[k].used)
-                continue;
-            for (i = slot_hash(t->slots[k].key) & (cap - 1); slots[i].used; i = (i + 1) & (cap - 1))
-                ;
-            slots[i] = t->slots[k];
-        }
-        rs_free(t->slots);
-        t->slots = slots;
-        t->cap = cap;
-    }
-    for (i = slot_hash(key) & (t->cap - 1); t->slots[i].used; i = (i + 1) & (t->cap - 1)) {
-        if (memcmp(t->slots[i].key, key, 16) == 0) {
-            *out = t->slots[i].count++;
-            return 0;
-        }
-    }
-    memcpy(t->slots[i].key, key, 16);
-    t->slots[i].used = true;
-    t->slots[i].count = 1;
-    t->used++;
-    *out = 0;
-    return 0;
-}
-
-static void put_be64(uint8_t *out, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        out[i] = (uint8_t)v;
-}
-
-/*
- * An imported entry's id, a UUIDv8: the file's time for it in the first 48
- * bits (zero for an undated entry, whose date depends on the file's mtime),
- * then a hash of that time, the command, and how many identical (time,
- * command) entries came before it in the file.
- */
-static int entry_id(rs_uuid *out, seen_table *seen, const parsed *e, const char *command)
-{
-    static const char domain[] = "recsync history import v1";
-    crypto_generichash_state h;
-    uint8_t base[16], num[8];
-    uint32_t ordinal = 0;
-    int err;
-
-    crypto_generichash_init(&h, NULL, 0, sizeof(base));
-    crypto_generichash_update(&h, (const uint8_t *)domain, sizeof(domain));
-    put_be64(num, e->timed ? (uint64_t)e->time_ms : UINT64_MAX);
-    crypto_generichash_update(&h, num, sizeof(num));
-    crypto_generichash_update(&h, (const uint8_t *)command, e->len);
-    crypto_generichash_final(&h, base, sizeof(base));
-    if ((err = seen_count(&ordinal, seen, base)) < 0)
-        return err;
-    put_be64(num, ordinal);
-    crypto_generichash_init(&h, NULL, 0, sizeof(out->bytes));
-    crypto_generichash_update(&h, base, sizeof(base));
-    crypto_generichash_update(&h, num, sizeof(num));
-    crypto_generichash_final(&h, out->bytes, sizeof(out->bytes));
-    /* The time leads, as in a UUIDv7, so one import's ids go into the id index in order. */
-    put_be64(num, e->timed ? (uint64_t)e->time_ms : 0);
-    memcpy(out->bytes, num + 2, 6);
-    out->bytes[6] = (uint8_t)((out->bytes[6] & 0x0f) | 0x80);
-    out->bytes[8] = (uint8_t)((out->bytes[8] & 0x3f) | 0x80);
-    return 0;
-}
-
-static int read_file(char **out, size_t *out_len, int64_t *mtime_ms, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    struct stat st;
-    char *buf = NULL;
-    size_t len = 0;
-    int err = 0;
-
-    if (f == NULL)
-        return rs__error(errno == ENOENT ? RS_ENOTFOUND : RS_EIO, "cannot open %s: %s", path,
-                         strerror(errno));
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        err = rs__error(RS_EIO, "%s is not a regular file", path);
-        goto done;
-    }
-    if ((buf = rs__malloc((size_t)st.st_size + 1)) == NULL) {
-        err = rs__error(RS_ENOMEM, "out of memory reading %s (%lld bytes)", path,
-                        (long long)st.st_size);
-        goto done;
-    }
-    len = fread(buf, 1, (size_t)st.st_size, f);
-    if (ferror(f)) {
-        err = rs__error(RS_EIO, "cannot read %s: %s", path, strerror(errno));
-        goto done;
-    }
-    buf[len] = '\0';
-    *mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
-done:
-    fclose(f);
-    if (err < 0) {
-        rs_free(buf);
-        return err;
-    }
-    *out = buf;
-    *out_len = len;
-    return 0;
-}
-
-/* Writes the parsed entries that are new, inside the caller's transaction. */
-static int import_entries(rs_history_import_stats *stats, rs_store *store, history_state *hs,
-                          parser *p)
-{
-    seen_table seen = {NULL, 0, 0};
-    rs_history_entry e;
-    char hostname[256];
-    int state, err = 0;
-
-    this_hostname(hostname, sizeof(hostname));
-    memset(&e, 0, sizeof(e));
-    e.cwd = "";
-    e.session = "";
-    e.hostname = hostname;
-    e.exit_code = -1;
-    for (size_t i = 0; i < p->count; i++) {
-        const parsed *pe = &p->entries[i];
-        const char *command = p->arena + pe->off;
-        if ((err = entry_id(&e.id, &seen, pe, command)) < 0)
-            goto done;
-        state = entry_state(hs, &e.id);
-        if (state >= 0) {
-            stats->skipped++;
-            continue;
-        }
-        if (state != RS_ENOTFOUND) {
-            err = state;
-            goto done;
-        }
-        e.command = command;
-        e.time_ms = pe->time_ms;
-        e.duration_ms = pe->duration_ms;
-        if ((err = write_create(store, &e)) < 0) {
-            rs__error(err, "%s: entry %zu: %s", p->path, i + 1, rs_error_last());
-            goto done;
-        }
-        stats->imported++;
-    }
-done:
-    rs_free(seen.slots);
-    return err;
-}
-
-/*
  * Indexes the rows an import inserted, in one pass with no savepoint
  * between rows, inside the import's transaction. Plain INSERT ... VALUES:
  * an INSERT ... SELECT into FTS5 takes a statement journal, whose savepoint
@@ -1071,60 +682,193 @@ static int index_pending(history_state *hs)
     return err;
 }
 
-int rs_history_import(rs_history_import_stats *out, rs_store *store, rs_history_format format,
-                      const char *path)
+void rs__history_defer_begin(history_state *hs)
 {
-    history_state *hs = history_of(store);
-    rs_history_import_stats stats = {0, 0, 0};
-    parser p;
-    char *buf = NULL;
-    size_t len = 0;
-    int64_t mtime_ms = 0;
-    bool savepoint = store->explicit_txn != 0, in_txn = false;
-    int err;
-
-    memset(&p, 0, sizeof(p));
-    p.path = path;
-    if (hs == NULL)
-        return rs__error(RS_ENOTFOUND, "store %s has no history store registered", store->dir);
-    if ((err = read_file(&buf, &len, &mtime_ms, path)) < 0)
-        return err;
-    err = format == RS_HISTORY_ZSH ? parse_zsh(&p, buf, len) : parse_bash(&p, buf, len);
-    if (err < 0)
-        goto done;
-    date_entries(&p, mtime_ms);
-    stats.entries = p.count;
-    /* All or nothing: a transaction of its own, or a savepoint in the caller's. */
-    if (store->explicit_txn)
-        err = rs__exec(store, "SAVEPOINT rs_import", "starting a history import");
-    else
-        err = rs_store_begin(store);
-    if (err < 0)
-        goto done;
-    in_txn = true;
     hs->defer = true;
     hs->pending_count = 0;
-    if ((err = import_entries(&stats, store, hs, &p)) < 0 || (err = index_pending(hs)) < 0)
-        goto done;
-    in_txn = false;
-    if (savepoint)
-        err = rs__exec(store, "RELEASE rs_import", "finishing a history import");
-    else
-        err = rs_store_commit(store);
-    if (err < 0)
-        goto done;
-    if (out)
-        *out = stats;
-done:
+}
+
+int rs__history_defer_end(history_state *hs, bool ok)
+{
+    int err = ok ? index_pending(hs) : 0;
     hs->defer = false;
     hs->pending_count = 0;
-    if (in_txn && savepoint)
-        sqlite3_exec(store->db, "ROLLBACK TO rs_import; RELEASE rs_import", NULL, NULL, NULL);
-    else if (in_txn)
-        rs_store_rollback(store);
-    rs_free(buf);
-    rs_free(p.entries);
-    rs_free(p.arena);
-    rs_free(p.scratch);
     return err;
+}
+
+/* The commands handed out so far by a unique find: an open-addressing set. */
+typedef struct command_set {
+    char **slots; /* copies, freed with the set */
+    size_t cap;   /* a power of two */
+    size_t used;
+} command_set;
+
+static uint64_t command_hash(const char *s)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * UINT64_C(1099511628211);
+    return h;
+}
+
+/* Adds `command`: 1 when new, 0 when there already, RS_ENOMEM. */
+static int command_set_add(command_set *set, const char *command)
+{
+    size_t i;
+    if (set->used * 10 >= set->cap * 7) {
+        size_t cap = set->cap ? set->cap * 2 : 256;
+        char **slots = rs__calloc(cap, sizeof(*slots));
+        if (slots == NULL)
+            return rs__error(RS_ENOMEM, "out of memory searching history");
+        for (size_t k = 0; k < set->cap; k++) {
+            if (set->slots[k] == NULL)
+                continue;
+            for (i = command_hash(set->slots[k]) & (cap - 1); slots[i]; i = (i + 1) & (cap - 1))
+                ;
+            slots[i] = set->slots[k];
+        }
+        rs_free(set->slots);
+        set->slots = slots;
+        set->cap = cap;
+    }
+    for (i = command_hash(command) & (set->cap - 1); set->slots[i]; i = (i + 1) & (set->cap - 1))
+        if (strcmp(set->slots[i], command) == 0)
+            return 0;
+    if ((set->slots[i] = rs__strdup(command)) == NULL)
+        return rs__error(RS_ENOMEM, "out of memory searching history");
+    set->used++;
+    return 1;
+}
+
+static void command_set_free(command_set *set)
+{
+    for (size_t i = 0; i < set->cap; i++)
+        rs_free(set->slots[i]);
+    rs_free(set->slots);
+}
+
+/* What rs_history_find's callback wrapper carries. */
+typedef struct find_walk {
+    const rs_history_filter *filter;
+    command_set seen;
+    size_t handed;
+    rs_history_cb cb;
+    void *payload;
+    int err; /* the set's failure, or the caller's callback's nonzero return */
+} find_walk;
+
+#define FIND_STOP 1
+
+static int find_entry(const rs_history_entry *e, void *payload)
+{
+    find_walk *w = payload;
+    int added, ret;
+    if (w->filter->unique) {
+        if ((added = command_set_add(&w->seen, e->command)) < 0) {
+            w->err = added;
+            return FIND_STOP;
+        }
+        if (added == 0)
+            return 0;
+    }
+    if ((ret = w->cb(e, w->payload)) != 0) {
+        w->err = ret;
+        return FIND_STOP;
+    }
+    if (w->filter->limit && ++w->handed >= w->filter->limit)
+        return FIND_STOP;
+    return 0;
+}
+
+/*
+ * Builds one SELECT for the filter: the trigram index for texts of three
+ * or more characters, a LIKE scan for shorter ones, the other fields as
+ * conditions on the row; newest first by rowid, which a time bound also
+ * narrows (a row's rowid is its time's, or up to RID_PROBES above).
+ * Unique finds drop the SQL limit and count in find_entry.
+ */
+int rs_history_find(rs_store *store, const rs_history_filter *filter, rs_history_cb cb,
+                    void *payload)
+{
+    char sql[1024];
+    size_t n = 0;
+    sqlite3_stmt *st = NULL;
+    char *pattern = NULL;
+    bool fts = false;
+    find_walk w;
+    int err;
+
+    if (filter == NULL || cb == NULL)
+        return rs__error(RS_EINVAL, "history find: no filter or callback");
+    if (filter->text && *filter->text) {
+        fts = utf8_chars(filter->text) >= 3;
+        if ((pattern = search_pattern(filter->text, fts)) == NULL)
+            return rs__error(RS_ENOMEM, "out of memory searching history");
+    }
+#define SQL_ADD(...) n += (size_t)snprintf(sql + n, sizeof(sql) - n, __VA_ARGS__)
+    if (fts)
+        SQL_ADD("SELECT " ENTRY_COLUMNS " FROM history_fts f JOIN history h ON h.rid = f.rowid "
+                "WHERE history_fts MATCH ?1");
+    else
+        SQL_ADD("SELECT " ENTRY_COLUMNS " FROM history h WHERE h.deleted = 0%s",
+                pattern ? " AND h.command LIKE ?1 ESCAPE '\\'" : "");
+    if (filter->cwd)
+        SQL_ADD(" AND h.cwd = ?2");
+    if (filter->session)
+        SQL_ADD(" AND h.session = ?3");
+    if (filter->hostname)
+        SQL_ADD(" AND h.hostname = ?4");
+    if (filter->has_exit)
+        SQL_ADD(" AND h.exit = ?5");
+    if (filter->since_ms > 0)
+        SQL_ADD(" AND h.time >= ?6 AND h.rid >= ?6 << %d", RID_ID_BITS);
+    if (filter->until_ms > 0)
+        SQL_ADD(" AND h.time <= ?7 AND h.rid <= (?7 << %d) + %d", RID_ID_BITS,
+                (1 << RID_ID_BITS) + RID_PROBES);
+    SQL_ADD(" ORDER BY h.rid DESC LIMIT ?8");
+#undef SQL_ADD
+    if ((err = prepare_query(store, &st, sql)) < 0) {
+        rs_free(pattern);
+        return err;
+    }
+    if (pattern)
+        sqlite3_bind_text(st, 1, pattern, -1, SQLITE_STATIC);
+    if (filter->cwd)
+        sqlite3_bind_text(st, 2, filter->cwd, -1, SQLITE_STATIC);
+    if (filter->session)
+        sqlite3_bind_text(st, 3, filter->session, -1, SQLITE_STATIC);
+    if (filter->hostname)
+        sqlite3_bind_text(st, 4, filter->hostname, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, filter->exit_code);
+    sqlite3_bind_int64(st, 6, filter->since_ms < RID_MAX_MS ? filter->since_ms : RID_MAX_MS);
+    sqlite3_bind_int64(st, 7, filter->until_ms < RID_MAX_MS ? filter->until_ms : RID_MAX_MS);
+    sqlite3_bind_int64(st, 8, filter->unique ? -1 : sql_limit(filter->limit));
+    memset(&w, 0, sizeof(w));
+    w.filter = filter;
+    w.cb = cb;
+    w.payload = payload;
+    err = walk_entries(store, st, find_entry, &w);
+    if (err == FIND_STOP)
+        err = w.err;
+    command_set_free(&w.seen);
+    rs_free(pattern);
+    return err;
+}
+
+void rs_history_hook_id(rs_uuid *out, const char *session, uint64_t seq)
+{
+    static const char domain[] = "recsync history hook v1";
+    crypto_generichash_state h;
+    uint8_t num[8];
+
+    for (int i = 7; i >= 0; i--, seq >>= 8)
+        num[i] = (uint8_t)seq;
+    crypto_generichash_init(&h, NULL, 0, sizeof(out->bytes));
+    crypto_generichash_update(&h, (const uint8_t *)domain, sizeof(domain));
+    crypto_generichash_update(&h, (const uint8_t *)(session ? session : ""),
+                              session ? strlen(session) : 0);
+    crypto_generichash_update(&h, num, sizeof(num));
+    crypto_generichash_final(&h, out->bytes, sizeof(out->bytes));
+    out->bytes[6] = (uint8_t)((out->bytes[6] & 0x0f) | 0x80);
+    out->bytes[8] = (uint8_t)((out->bytes[8] & 0x3f) | 0x80);
 }

@@ -148,8 +148,8 @@ static int write_secret_file(const char *path, const char *text, bool exclusive)
     if (tmp == NULL)
         return rs__error(RS_ENOMEM, "out of memory");
     snprintf(tmp, n, "%s.tmp", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 || fchmod(fd, 0600) != 0) { /* a leftover tmp file keeps its own mode */
         err = rs__error(RS_EIO, "cannot create %s: %s", tmp, strerror(errno));
         goto done;
     }
@@ -178,6 +178,45 @@ done:
     }
     rs_free(tmp);
     return err;
+}
+
+/*
+ * Makes the database and its -wal and -shm files readable by their owner
+ * only, whatever the umask: they hold the token and the plaintext history,
+ * and SQLite gives the -wal and -shm it creates the database's mode. With
+ * `create`, makes the database file first, mode 0600 (RS_EIO naming it
+ * when that fails). The files of an existing store lose their group and
+ * other bits; where that fails (not their owner) a warning says so.
+ */
+static int secure_db_files(rs_store *store, const char *db_path, bool create)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    char path[4096];
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        bool fresh = create && i == 0;
+        struct stat st;
+        int fd;
+        if ((size_t)snprintf(path, sizeof(path), "%s%s", db_path, suffixes[i]) >= sizeof(path))
+            return rs__error(RS_EINVAL, "path %.200s... is too long", db_path);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | (fresh ? O_CREAT | O_EXCL : 0), 0600);
+        if (fd < 0 && errno == ENOENT && !fresh)
+            continue;
+        bool failed = fd < 0 || fstat(fd, &st) != 0;
+        if (!failed && (fresh || (st.st_mode & 077)))
+            failed = fchmod(fd, fresh ? 0600 : st.st_mode & 0700) != 0;
+        if (failed) {
+            int e = errno;
+            if (fd >= 0)
+                close(fd);
+            if (fresh)
+                return rs__error(RS_EIO, "cannot create %s: %s", path, strerror(e));
+            rs__warn(store, "%s is readable by others and cannot be made private: %s", path,
+                     strerror(e));
+            continue;
+        }
+        close(fd);
+    }
+    return 0;
 }
 
 static int load_key(rs_key **out, const char *dir)
@@ -557,6 +596,8 @@ static int store_open_db(rs_store **out, const char *dir, const rs_store_opts *o
         err = rs__error(RS_ENOTFOUND, "no recsync store in %s (run 'recsync init')", dir);
         goto done;
     }
+    if ((err = secure_db_files(store, path, create)) < 0)
+        goto done;
     rc = sqlite3_open_v2(
         path, &store->db,
         SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX, NULL);

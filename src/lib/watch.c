@@ -71,6 +71,7 @@ typedef struct watch {
     size_t queued;
     size_t queue_cap;
     uint64_t last_byte;
+    uint64_t stream_seq; /* the cursor the stream opened after, then its last event's seq */
 
     uint64_t last_seq; /* every event up to it is applied */
     int need_resync;
@@ -319,9 +320,14 @@ static int pull(watch *w, const rs_wire_event *ev)
                  ev->tag, (unsigned long long)start, (unsigned long long)limit);
         if ((err = rs__client_request(&resp, NULL, w->client, path, NULL, 0, 1)) < 0)
             return err;
-        if (rs_wire_decode_records(&w->page, resp->ptr, resp->len, RS_WIRE_PAGE, 0) < 0)
-            return rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s", w->url,
-                             rs_error_last());
+        if (rs_wire_decode_records(&w->page, resp->ptr, resp->len, RS_WIRE_PAGE, 0) < 0) {
+            char shard[SHARD_TEXT];
+            rs__shard_name(shard, sizeof(shard), &ev->host, ev->tag);
+            return rs__error(RS_ESERVER,
+                             "server %s sent a page of shard %s from idx %llu that does not "
+                             "parse: %s",
+                             w->url, shard, (unsigned long long)start, rs_error_last());
+        }
         for (size_t i = 0; i < w->page.count || w->page.count == 0; i++) {
             const rs_record *rec = w->page.count ? &w->page.records[i] : NULL;
             if (rec == NULL || i >= limit || rec->idx != start + i ||
@@ -401,6 +407,18 @@ static int dispatch(watch *w)
                             rs_error_last());
             goto done;
         }
+        /* A stream carries seqs above its cursor, each once and in order. */
+        uint64_t floor = w->queued ? w->queue[w->queued - 1].seq : w->stream_seq;
+        if (w->queue[w->queued].seq <= floor) {
+            w->stream_error = 1;
+            ret = rs__error(RS_ESERVER,
+                            "server %s sent an event of seq %llu after seq %llu: its seq went "
+                            "backwards",
+                            w->url, (unsigned long long)w->queue[w->queued].seq,
+                            (unsigned long long)floor);
+            goto done;
+        }
+        w->stream_seq = w->queue[w->queued].seq;
         w->queued++;
     } else if (strcmp(w->event, "error") == 0) {
         char name[64] = "", message[400] = "";
@@ -427,6 +445,16 @@ static int stream_line(watch *w, const char *line, size_t len)
 
     if (len == 0)
         return dispatch(w);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)line[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            w->stream_error = 1;
+            return rs__error(RS_ESERVER,
+                             "server %s sent an event stream line with control byte 0x%02x at "
+                             "column %zu: not an event stream",
+                             w->url, c, i + 1);
+        }
+    }
     if (line[0] == ':')
         return 0; /* a heartbeat or comment */
     for (field = 0; field < len && line[field] != ':'; field++)
@@ -438,6 +466,11 @@ static int stream_line(watch *w, const char *line, size_t len)
         vlen--;
     }
     if (field == 4 && memcmp(line, "data", 4) == 0) {
+        if (w->data.len + vlen + 1 > LINE_MAX_BYTES) {
+            w->stream_error = 1;
+            return rs__error(RS_ESERVER, "server %s sent an event over %u bytes", w->url,
+                             LINE_MAX_BYTES);
+        }
         if (w->data.len > 0 && rs_buf_put(&w->data, "\n", 1) < 0)
             return RS_ENOMEM;
         if (rs_buf_put(&w->data, value, vlen) < 0)
@@ -502,6 +535,7 @@ static int stream_open(watch *w)
     if ((w->stream = rs__curl.easy_init()) == NULL)
         return rs__error(RS_ENOMEM, "libcurl could not make a handle for %s", w->url);
     snprintf(header, sizeof(header), "Last-Event-ID: %llu", (unsigned long long)w->last_seq);
+    w->stream_seq = w->last_seq;
     const char *fixed[] = {"Accept: text/event-stream", header};
     for (size_t i = 0; i < 2; i++) {
         if ((l = rs__curl.slist_append(w->headers, fixed[i])) == NULL)
@@ -574,6 +608,21 @@ static int stream_ended(watch *w, CURLcode rc, char *why, size_t why_size)
     if (w->error_body.len > 0)
         rs_wire_error_decode(name, sizeof(name), message, sizeof(message), w->error_body.ptr,
                              w->error_body.len);
+    if (status >= 300 && status <= 399) {
+        /* Never followed: the store trusts its server URL, no other. */
+        char *to = NULL, where[204];
+        if (rs__curl.easy_getinfo(w->stream, CURLINFO_REDIRECT_URL, &to) != CURLE_OK || to == NULL)
+            to = "nowhere valid";
+        snprintf(where, sizeof(where), "%.200s", to);
+        for (char *p = where; *p; p++)
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+                *p = '?';
+        snprintf(why, why_size,
+                 "server %s answered GET /api/v1/events with %ld, a redirect to %s: not followed; "
+                 "check the server URL (recsync login --server)",
+                 w->url, status, where);
+        return rs__error(RS_ESERVER, "%s", why);
+    }
     snprintf(why, why_size, "server %s answered GET /api/v1/events with %ld %s: %s", w->url, status,
              name, *message ? message : "(no message)");
     if (status == 401 || status == 403)
@@ -623,6 +672,29 @@ done:
     return err;
 }
 
+/*
+ * Notes where the server holds this device's shard after an event of it.
+ * RS_ESERVER when the event claims records the store never wrote: such a
+ * claim would stop the watch from uploading them.
+ */
+static int own_event(watch *w, const rs_wire_event *ev)
+{
+    uint64_t end = 0;
+    int err = local_end(&end, w, &ev->host, ev->tag);
+    if (err < 0)
+        return err;
+    if (ev->end > end) {
+        char shard[SHARD_TEXT];
+        rs__shard_name(shard, sizeof(shard), &ev->host, ev->tag);
+        return rs__error(RS_ESERVER,
+                         "server %s announced (event %llu) records of this device's shard %s up "
+                         "to idx %llu, but the store ends at %llu",
+                         w->url, (unsigned long long)ev->seq, shard, (unsigned long long)ev->end,
+                         (unsigned long long)end);
+    }
+    return own_set(w, ev->tag, ev->end);
+}
+
 /* Applies the queued events in seq order; the seq of each applied one becomes the cursor. */
 static int apply_queue(watch *w)
 {
@@ -632,11 +704,14 @@ static int apply_queue(watch *w)
         if (ev->seq <= w->last_seq)
             continue; /* never twice, whatever the server sends */
         if (rs_uuid_cmp(&ev->host, &w->self) == 0)
-            err = own_set(w, ev->tag, ev->end);
+            err = own_event(w, ev);
         else
             err = pull(w, ev);
-        if (err == 0)
+        if (err == 0) {
             w->last_seq = ev->seq;
+            /* Only a valid event applied proves the server sane: a 200 alone does not. */
+            w->backoff_ms = w->opts.backoff_min_ms;
+        }
     }
     w->queued = 0;
     return err;
@@ -743,7 +818,6 @@ static int loop(watch *w)
         if (w->status == 200 && !w->announced) {
             rs_watch_batch b = {.kind = RS_WATCH_CONNECTED, .seq = w->last_seq};
             w->announced = 1;
-            w->backoff_ms = w->opts.backoff_min_ms;
             emit(w, &b);
             /* Writes made while the stream was down go now. */
             if ((err = push(w)) < 0 && (err = soft_fail(w, err)) < 0)
@@ -758,8 +832,6 @@ static int loop(watch *w)
             if ((err = stream_ended(w, msg->data.result, why, sizeof(why))) < 0)
                 return err;
             stream_close(w);
-            if (w->need_resync)
-                w->backoff_ms = w->opts.backoff_min_ms;
             schedule_retry(w, why);
             break;
         }

@@ -7,11 +7,28 @@
  * the secret, never the secret, and compares hashes in constant time. (A
  * 256-bit random secret needs no slow hash; passwords get argon2id.)
  *
- * Failed logins are counted per user name and per client address in two
- * small tables; past a few free failures each further attempt must wait
- * base * 2^(failures - free), capped, or gets 429 with Retry-After. A
- * success clears both counters. Tables are fixed-size (an attacker cannot
- * grow them) and entries are keyed by a keyed hash of the name or address.
+ * The brake on guessing cannot be turned against an account's owner: there
+ * is no global lock on an account. Failed logins are counted per (client
+ * address, user name), per client address, and per user name; past a few
+ * free failures each further attempt must wait base * 2^(failures - free),
+ * capped, or gets 429 with Retry-After, checked before any argon2 work. The
+ * (address, name) and address counters refuse only the address that has
+ * been failing; the user's own counter (guessing from many addresses) is
+ * applied only to an address that has itself failed for that user. So a
+ * correct password from an address that has not been failing is never
+ * refused, and a login that carries a valid token of the same user (a
+ * device of the account) is never refused at all. A success clears the
+ * (address, name) and user counters; an address's counter only fades
+ * (forgotten after 15 minutes), so succeeding on an account of one's own
+ * does not buy more guesses elsewhere. IPv6 clients are counted by /64.
+ *
+ * Registrations take a token from their address's bucket (--register-rate)
+ * before argon2 runs. argon2id computations run at most one per core at
+ * once; a request that finds every slot taken gets 503 with Retry-After
+ * rather than holding an HTTP thread in a queue.
+ *
+ * Tables are fixed-size (an attacker cannot grow them) and entries are
+ * keyed by a keyed hash of the name or address.
  */
 #include "server.h"
 
@@ -19,16 +36,20 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define THROTTLE_SLOTS 4096
 #define THROTTLE_PROBE 8
-#define USER_FREE_FAILURES 3
-#define ADDR_FREE_FAILURES 10
+#define PAIR_FREE_FAILURES 3  /* per (address, user name) */
+#define USER_FREE_FAILURES 3  /* per user name, from addresses failing for it */
+#define ADDR_FREE_FAILURES 10 /* per address, over every name */
 #define THROTTLE_CAP_MS 30000u
 #define THROTTLE_FORGET_MS (15u * 60u * 1000u)
-#define HASHING_SLOTS 2 /* argon2id runs at once: each takes its memory limit */
+#define HASHING_BUSY_RETRY_S 1
+#define ADDR_KEY_MAX 17 /* an address's counting key: family + IPv4, or + an IPv6 /64 */
 
 typedef struct throttle_entry {
     uint64_t key; /* 0: free */
@@ -40,21 +61,27 @@ typedef struct throttle_table {
     throttle_entry slots[THROTTLE_SLOTS];
 } throttle_table;
 
+/* A registration bucket: `tokens` in thousandths, refilled as time passes. */
+typedef struct bucket_entry {
+    uint64_t key; /* 0: free */
+    uint64_t tokens_milli;
+    uint64_t last_ms;
+} bucket_entry;
+
 static struct {
     pthread_mutex_t lock;
+    throttle_table pairs;
     throttle_table users;
     throttle_table addrs;
+    bucket_entry buckets[THROTTLE_SLOTS];
     uint8_t hash_key[crypto_shorthash_KEYBYTES];
     char dummy_hash[crypto_pwhash_STRBYTES];
     unsigned long long opslimit;
     size_t memlimit;
-    pthread_mutex_t hashing_lock;
-    pthread_cond_t hashing_cond;
-    int hashing;
+    atomic_int hashing;
+    int hashing_slots; /* argon2id runs at once: one per core, each takes its memory limit */
 } auth = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
-    .hashing_lock = PTHREAD_MUTEX_INITIALIZER,
-    .hashing_cond = PTHREAD_COND_INITIALIZER,
 };
 
 /*
@@ -149,22 +176,31 @@ void rs_auth_forget_device(const rs_uuid *host)
     pthread_mutex_unlock(&tokens.lock);
 }
 
-/* Bounds concurrent argon2id computations (each holds its memory limit). */
-static void hashing_enter(void)
+/*
+ * Takes one of the argon2id slots, or fails at once with RS_EBUSY (503,
+ * Retry-After) when all are taken: a flood must not park HTTP threads in
+ * a queue behind the hashes (health checks and syncs need them).
+ */
+static int hashing_enter(unsigned *retry_after_s)
 {
-    pthread_mutex_lock(&auth.hashing_lock);
-    while (auth.hashing >= HASHING_SLOTS)
-        pthread_cond_wait(&auth.hashing_cond, &auth.hashing_lock);
-    auth.hashing++;
-    pthread_mutex_unlock(&auth.hashing_lock);
+    int n = atomic_load(&auth.hashing);
+    do {
+        if (n >= auth.hashing_slots) {
+            atomic_fetch_add(&rs_stats.hashing_busy, 1);
+            if (retry_after_s)
+                *retry_after_s = HASHING_BUSY_RETRY_S;
+            return rs__error(RS_EBUSY,
+                             "the server is busy checking other passwords (%d at once): retry in "
+                             "%d s",
+                             auth.hashing_slots, HASHING_BUSY_RETRY_S);
+        }
+    } while (!atomic_compare_exchange_weak(&auth.hashing, &n, n + 1));
+    return 0;
 }
 
 static void hashing_leave(void)
 {
-    pthread_mutex_lock(&auth.hashing_lock);
-    auth.hashing--;
-    pthread_cond_signal(&auth.hashing_cond);
-    pthread_mutex_unlock(&auth.hashing_lock);
+    atomic_fetch_sub(&auth.hashing, 1);
 }
 
 /* Chooses argon2id limits, makes the throttle key and the unknown-user hash. */
@@ -177,6 +213,8 @@ int rs_auth_init(void)
         auth.opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
         auth.memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     }
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    auth.hashing_slots = cpus > 1 ? (int)cpus : 1;
     crypto_shorthash_keygen(auth.hash_key);
     if (rs_srv.cfg.token_cache_ms > 0 &&
         (tokens.slots = rs__calloc(TOKEN_CACHE_SLOTS, sizeof(token_slot))) == NULL)
@@ -200,9 +238,11 @@ void rs_auth_shutdown(void)
     }
 }
 
-int rs_auth_hash_password(char *out, const char *password)
+int rs_auth_hash_password(char *out, const char *password, unsigned *retry_after_s)
 {
-    hashing_enter();
+    int err = hashing_enter(retry_after_s);
+    if (err < 0)
+        return err;
     int rc = crypto_pwhash_str(out, password, strlen(password), auth.opslimit, auth.memlimit);
     hashing_leave();
     if (rc != 0)
@@ -312,6 +352,13 @@ static uint64_t throttle_delay(uint32_t failures, uint32_t free_failures)
     return d > THROTTLE_CAP_MS ? THROTTLE_CAP_MS : d;
 }
 
+/* Failures counted for `key` (0 when none are remembered). Lock held. */
+static uint32_t throttle_failures(throttle_table *t, uint64_t key, uint64_t now)
+{
+    throttle_entry *e = throttle_find(t, key, now, 0);
+    return e ? e->failures : 0;
+}
+
 /* Milliseconds the holder of `key` must still wait (0: may try now). Lock held. */
 static uint64_t throttle_wait(throttle_table *t, uint64_t key, uint32_t free_failures, uint64_t now)
 {
@@ -337,47 +384,142 @@ static void throttle_clear(throttle_table *t, uint64_t key, uint64_t now)
         memset(e, 0, sizeof(*e));
 }
 
-/* The client's address as text, for the per-address counter. */
-static void client_address(char *out, size_t size, struct MHD_Connection *conn)
+/* The counting key of an IPv4 or IPv6 address (see client_address); its length. */
+static size_t address_key(uint8_t *key, int family, const void *addr)
+{
+    const uint8_t *a = addr;
+    if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)addr)) {
+        family = AF_INET;
+        a += 12;
+    }
+    if (family == AF_INET) {
+        key[0] = 4;
+        memcpy(key + 1, a, 4);
+        return 5;
+    }
+    key[0] = 6;
+    memcpy(key + 1, a, 8);
+    return 9;
+}
+
+/*
+ * The address --real-ip-header names, when the connection comes from a
+ * loopback address (the reverse proxy); X-Forwarded-For style lists give
+ * their last entry (the one the proxy added). 0 when there is none to believe.
+ */
+static size_t forwarded_address(char *text, size_t size, uint8_t *key, struct MHD_Connection *conn,
+                                const struct sockaddr *peer)
+{
+    const char *name = rs_srv.cfg.real_ip_header;
+    uint8_t bin[16];
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (name == NULL)
+        return 0;
+    if (!(peer->sa_family == AF_INET &&
+          (ntohl(((const struct sockaddr_in *)(const void *)peer)->sin_addr.s_addr) >> 24) ==
+              127) &&
+        !(peer->sa_family == AF_INET6 &&
+          IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr)))
+        return 0;
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+    if (v == NULL)
+        return 0;
+    const char *last = strrchr(v, ',');
+    last = last ? last + 1 : v;
+    while (*last == ' ')
+        last++;
+    size_t n = strcspn(last, " ");
+    if (n == 0 || n >= sizeof(buf))
+        return 0;
+    memcpy(buf, last, n);
+    buf[n] = '\0';
+    int family = strchr(buf, ':') ? AF_INET6 : AF_INET;
+    if (inet_pton(family, buf, bin) != 1)
+        return 0;
+    snprintf(text, size, "%s", buf);
+    return address_key(key, family, bin);
+}
+
+/*
+ * The client's address as text (for messages) and as the key it is counted
+ * under: the IPv4 address, or an IPv6 address's /64 (one host usually holds
+ * a whole /64, so counting single IPv6 addresses would count nothing).
+ * IPv4-mapped IPv6 addresses count as their IPv4 address. Behind a reverse
+ * proxy, the address in --real-ip-header. Returns the key's length.
+ */
+static size_t client_address(char *text, size_t size, uint8_t *key, struct MHD_Connection *conn)
 {
     const union MHD_ConnectionInfo *info =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    snprintf(out, size, "?");
+    snprintf(text, size, "?");
+    key[0] = 0;
     if (info == NULL || info->client_addr == NULL)
-        return;
+        return 1;
     const struct sockaddr *sa = info->client_addr;
-    if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
-                  (socklen_t)size);
-    else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
-                  (socklen_t)size);
+    size_t len = forwarded_address(text, size, key, conn, sa);
+    if (len > 0)
+        return len;
+    if (sa->sa_family == AF_INET) {
+        const struct in_addr *a = &((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+        inet_ntop(AF_INET, a, text, (socklen_t)size);
+        return address_key(key, AF_INET, a);
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+        inet_ntop(AF_INET6, a, text, (socklen_t)size);
+        return address_key(key, AF_INET6, a);
+    }
+    return 1;
 }
 
+/*
+ * The login brake (see the top of this file). Every check is made before
+ * argon2 runs, so a refused guess costs a table lookup.
+ */
 int rs_auth_login(const rs_account *account, const char *username, const char *password,
-                  struct MHD_Connection *conn, unsigned *retry_after_s)
+                  struct MHD_Connection *conn, int known_device, unsigned *retry_after_s)
 {
-    char addr[INET6_ADDRSTRLEN + 1];
-    client_address(addr, sizeof(addr), conn);
-    uint64_t ukey = throttle_key(username, strlen(username), 'u');
-    uint64_t akey = throttle_key(addr, strlen(addr), 'a');
+    char addr[INET6_ADDRSTRLEN + 1], name[RS_WIRE_USERNAME_MAX + 1];
+    uint8_t akeybuf[ADDR_KEY_MAX], pkeybuf[ADDR_KEY_MAX + RS_WIRE_USERNAME_MAX + 1];
+    size_t alen = client_address(addr, sizeof(addr), akeybuf, conn);
+    rs_backend_name_key(name, username);
+    size_t nlen = strlen(name);
+    memcpy(pkeybuf, akeybuf, alen);
+    pkeybuf[alen] = '/';
+    memcpy(pkeybuf + alen + 1, name, nlen);
+    uint64_t pkey = throttle_key(pkeybuf, alen + 1 + nlen, 'p');
+    uint64_t ukey = throttle_key(name, nlen, 'u');
+    uint64_t akey = throttle_key(akeybuf, alen, 'a');
     uint64_t now = rs_now_ms();
+    int err;
 
-    pthread_mutex_lock(&auth.lock);
-    uint64_t wait = throttle_wait(&auth.users, ukey, USER_FREE_FAILURES, now);
-    uint64_t await = throttle_wait(&auth.addrs, akey, ADDR_FREE_FAILURES, now);
-    pthread_mutex_unlock(&auth.lock);
-    if (await > wait)
-        wait = await;
-    if (wait > 0) {
-        atomic_fetch_add(&rs_stats.login_throttled, 1);
-        *retry_after_s = (unsigned)((wait + 999) / 1000);
-        return rs__error(RS_ETHROTTLED,
-                         "too many failed logins for user %s or from %s: retry in %llu ms",
-                         username, addr, (unsigned long long)wait);
+    if (!known_device) {
+        pthread_mutex_lock(&auth.lock);
+        uint64_t pwait = throttle_wait(&auth.pairs, pkey, PAIR_FREE_FAILURES, now);
+        uint64_t await = throttle_wait(&auth.addrs, akey, ADDR_FREE_FAILURES, now);
+        /* The user's own count binds only an address that has failed for this user. */
+        uint64_t uwait = throttle_failures(&auth.pairs, pkey, now) > 0
+                             ? throttle_wait(&auth.users, ukey, USER_FREE_FAILURES, now)
+                             : 0;
+        pthread_mutex_unlock(&auth.lock);
+        uint64_t wait = pwait > await ? pwait : await;
+        if (uwait > wait)
+            wait = uwait;
+        if (wait > 0) {
+            atomic_fetch_add(&rs_stats.login_throttled, 1);
+            *retry_after_s = (unsigned)((wait + 999) / 1000);
+            if (wait == await)
+                return rs__error(RS_ETHROTTLED, "too many failed logins from %s: retry in %llu ms",
+                                 addr, (unsigned long long)wait);
+            return rs__error(RS_ETHROTTLED,
+                             "too many failed logins for user %s from %s%s: retry in %llu ms",
+                             username, addr, wait == uwait ? " (and other addresses)" : "",
+                             (unsigned long long)wait);
+        }
     }
 
-    hashing_enter();
+    if ((err = hashing_enter(retry_after_s)) < 0)
+        return err;
     int ok = crypto_pwhash_str_verify(account ? account->pwhash : auth.dummy_hash, password,
                                       strlen(password)) == 0;
     hashing_leave();
@@ -386,9 +528,10 @@ int rs_auth_login(const rs_account *account, const char *username, const char *p
     now = rs_now_ms();
     pthread_mutex_lock(&auth.lock);
     if (ok) {
+        throttle_clear(&auth.pairs, pkey, now);
         throttle_clear(&auth.users, ukey, now);
-        throttle_clear(&auth.addrs, akey, now);
     } else {
+        throttle_fail(&auth.pairs, pkey, now);
         throttle_fail(&auth.users, ukey, now);
         throttle_fail(&auth.addrs, akey, now);
     }
@@ -398,4 +541,123 @@ int rs_auth_login(const rs_account *account, const char *username, const char *p
         return rs__error(RS_EAUTH, "wrong user name or password for %s", username);
     }
     return 0;
+}
+
+/* ---- registration ---- */
+
+/*
+ * A token bucket per client address: register_burst tokens, refilled at
+ * register_burst per register_period_ms. An address seen for the first
+ * time (or evicted: the table is fixed-size) starts full.
+ */
+int rs_auth_register_admit(struct MHD_Connection *conn, unsigned *retry_after_s)
+{
+    const rs_config *cfg = &rs_srv.cfg;
+    char addr[INET6_ADDRSTRLEN + 1];
+    uint8_t akeybuf[ADDR_KEY_MAX];
+    if (cfg->register_burst == 0)
+        return 0;
+    size_t alen = client_address(addr, sizeof(addr), akeybuf, conn);
+    uint64_t key = throttle_key(akeybuf, alen, 'r');
+    uint64_t now = rs_now_ms(), full = (uint64_t)cfg->register_burst * 1000u;
+    /* Thousandths of a token gained per millisecond, as a fraction. */
+    uint64_t per_ms_num = full, per_ms_den = cfg->register_period_ms ? cfg->register_period_ms : 1;
+    uint64_t wait_ms = 0;
+
+    pthread_mutex_lock(&auth.lock);
+    bucket_entry *e = NULL, *victim = NULL;
+    size_t base = (size_t)(key % THROTTLE_SLOTS);
+    for (size_t i = 0; i < THROTTLE_PROBE && e == NULL; i++) {
+        bucket_entry *b = &auth.buckets[(base + i) % THROTTLE_SLOTS];
+        if (b->key == key)
+            e = b;
+        else if (victim == NULL || b->key == 0 || b->last_ms < victim->last_ms)
+            victim = b;
+    }
+    if (e == NULL) {
+        e = victim;
+        e->key = key;
+        e->tokens_milli = full;
+        e->last_ms = now;
+    }
+    uint64_t elapsed = now > e->last_ms ? now - e->last_ms : 0;
+    uint64_t gained = elapsed >= per_ms_den ? full : elapsed * per_ms_num / per_ms_den;
+    if (gained > 0) {
+        e->tokens_milli = e->tokens_milli + gained > full ? full : e->tokens_milli + gained;
+        e->last_ms = now;
+    }
+    if (e->tokens_milli >= 1000)
+        e->tokens_milli -= 1000;
+    else
+        wait_ms = ((1000 - e->tokens_milli) * per_ms_den + per_ms_num - 1) / per_ms_num;
+    pthread_mutex_unlock(&auth.lock);
+
+    if (wait_ms == 0)
+        return 0;
+    atomic_fetch_add(&rs_stats.register_throttled, 1);
+    *retry_after_s = (unsigned)((wait_ms + 999) / 1000);
+    return rs__error(
+        RS_ETHROTTLED, "too many registrations from %s (at most %u per %llu s): retry in %llu ms",
+        addr, cfg->register_burst, (unsigned long long)(cfg->register_period_ms / 1000),
+        (unsigned long long)wait_ms);
+}
+
+int rs_auth_parse_register_rate(rs_config *cfg, const char *text)
+{
+    char *end;
+    if (strcmp(text, "off") == 0 || strcmp(text, "0") == 0) {
+        cfg->register_burst = 0;
+        cfg->register_period_ms = 0;
+        return 0;
+    }
+    unsigned long n = strtoul(text, &end, 10);
+    if (end == text || text[0] == '-' || *end != '/' || n == 0 || n > 1000000)
+        return rs__error(RS_EINVAL, "'%s' is not N/PERIOD (20/h, 5/m, 2/30s) or 'off'", text);
+    const char *p = end + 1;
+    unsigned long count = 1;
+    if (*p >= '0' && *p <= '9') {
+        count = strtoul(p, &end, 10);
+        p = end;
+    }
+    uint64_t unit = strcmp(p, "s") == 0   ? 1000u
+                    : strcmp(p, "m") == 0 ? 60000u
+                    : strcmp(p, "h") == 0 ? 3600000u
+                    : strcmp(p, "d") == 0 ? 86400000u
+                                          : 0;
+    if (unit == 0 || count == 0 || count > 100000)
+        return rs__error(RS_EINVAL, "'%s': the period is s, m, h or d, optionally after a count",
+                         text);
+    cfg->register_burst = (unsigned)n;
+    cfg->register_period_ms = (uint64_t)count * unit;
+    return 0;
+}
+
+/* ---- invites ---- */
+
+void rs_auth_invite_hash(uint8_t *out, const char *code)
+{
+    crypto_generichash(out, RS_INVITE_HASH_BYTES, (const uint8_t *)code, strlen(code), NULL, 0);
+}
+
+int rs_auth_make_invite(const char *username)
+{
+    uint8_t secret[16], hash[RS_INVITE_HASH_BYTES];
+    char code[2 * sizeof(secret) + 1];
+    const char *name = username && *username ? username : NULL;
+    if (name && !rs_wire_username_valid(name))
+        return rs__error(RS_EINVAL,
+                         "--make-invite: '%.70s' is not a user name (1-64 of "
+                         "[A-Za-z0-9._@+-])",
+                         name);
+    randombytes_buf(secret, sizeof(secret));
+    rs__hex(code, secret, sizeof(secret));
+    rs_auth_invite_hash(hash, code);
+    int err = rs_srv.backend->ops->invite_create(rs_srv.backend, hash, name);
+    if (err == 0) {
+        printf("%s\n", code);
+        fflush(stdout);
+    }
+    sodium_memzero(secret, sizeof(secret));
+    sodium_memzero(code, sizeof(code));
+    return err;
 }

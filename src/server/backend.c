@@ -1,6 +1,7 @@
 /*
  * Chooses the backend a --db argument names, and what both backends share:
- * the wording of refusals they both give and the prune floor's rule.
+ * the user-name key, the wording of the refusals they both give, and the
+ * prune floor's rule.
  */
 #include "backend.h"
 
@@ -18,6 +19,49 @@ int rs_backend_open(rs_backend **out, const char *db, const rs_backend_opts *opt
 #endif
     }
     return rs_backend_sqlite_open(out, db, opts);
+}
+
+void rs_backend_name_key(char *out, const char *name)
+{
+    size_t n = 0;
+    for (; name[n] && n < RS_WIRE_USERNAME_MAX; n++) {
+        char c = name[n];
+        out[n] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    out[n] = '\0';
+}
+
+int rs_backend_ack_error(size_t i, const rs_shard *entry, int exists, uint64_t end)
+{
+    char h[RS_UUID_STRLEN + 1];
+    rs_uuid_format(h, &entry->host);
+    if (!exists)
+        return rs__error(RS_EINVAL,
+                         "frontier[%zu]: shard %s/%s does not exist for this user; an ack names "
+                         "a shard of the user's index",
+                         i, h, entry->tag);
+    return rs__error(RS_EINVAL,
+                     "frontier[%zu]: shard %s/%s ends at idx %llu; an ack cannot pass its end "
+                     "(%llu)",
+                     i, h, entry->tag, (unsigned long long)end, (unsigned long long)entry->end);
+}
+
+int rs_backend_quota_error(uint64_t stored, uint64_t adding, uint64_t quota)
+{
+    return rs__error(RS_EQUOTA,
+                     "storage quota exceeded: this user stores %llu bytes and the batch adds at "
+                     "least %llu more, past the quota of %llu bytes; nothing of the batch was "
+                     "stored",
+                     (unsigned long long)stored, (unsigned long long)adding,
+                     (unsigned long long)quota);
+}
+
+int rs_backend_invite_error(const char *username)
+{
+    return rs__error(RS_EFORBIDDEN,
+                     "registration needs an invite: the invite code given for %s is unknown, "
+                     "already used, or made for another name",
+                     username);
 }
 
 int rs_backend_frontier_error(const rs_uuid *host, const char *tag, uint64_t claimed, uint64_t held)

@@ -47,10 +47,22 @@
 
 /* Server-local error codes, beyond the library's range. */
 #define RS_EFORBIDDEN (-1001) /* authenticated but not allowed: another device's shard or host */
+#define RS_EQUOTA (-1010)     /* a batch would take the user past --quota-bytes (507) */
 #define RS_ESNAPSHOT (-1011)  /* a read below a shard's pruned start: load a snapshot (410) */
 
 #define RS_TOKEN_ID_BYTES 16
 #define RS_TOKEN_HASH_BYTES 32
+#define RS_INVITE_HASH_BYTES 32
+
+/*
+ * User names are case-insensitive: every name has a key, its ASCII
+ * lower-case fold, and a new name whose key is taken is refused. Accounts
+ * made before names were folded that collide after folding keep their exact
+ * names: the oldest of each such group owns the key, the others carry a
+ * non-zero `name_dup` (their user id) and are found only by their exact
+ * name (docs/deploy.md, "User names").
+ */
+void rs_backend_name_key(char *out, const char *name); /* out: RS_WIRE_USERNAME_MAX + 1 */
 
 typedef struct rs_backend rs_backend;
 
@@ -69,6 +81,7 @@ typedef struct rs_backend_opts {
 typedef struct rs_account {
     int64_t user;
     char pwhash[crypto_pwhash_STRBYTES]; /* crypto_pwhash_str text */
+    char name[RS_WIRE_USERNAME_MAX + 1]; /* the name as registered */
 } rs_account;
 
 /* The device a token id belongs to. recsyncd compares token_hash itself. */
@@ -89,6 +102,9 @@ typedef struct rs_insert_opts {
     /* Test hook (recsyncd --test-hooks): hold the write transaction open this
      * long after the records are written, before commit. */
     unsigned stall_ms;
+    /* The user's bound on envelope bytes stored (0: none): a batch whose new
+     * records would take the user past it is refused whole with RS_EQUOTA. */
+    uint64_t quota_bytes;
 } rs_insert_opts;
 
 typedef struct rs_insert_result {
@@ -215,15 +231,27 @@ typedef struct rs_backend_ops {
 
     /*
      * Creates user `username` with password hash `pwhash` and binds device
-     * `host` to it with `token`, in one transaction. RS_EEXISTS if the name
-     * is taken; RS_EFORBIDDEN if the host is bound to another user (nothing
-     * is created then). *out receives the new user id.
+     * `host` to it with `token`, in one transaction. RS_EEXISTS if the name,
+     * or its key (rs_backend_name_key), is taken; RS_EFORBIDDEN if the host
+     * is bound to another user. With `invite` (an invite code's hash), the
+     * same transaction consumes that invite; RS_EFORBIDDEN if there is none
+     * (unknown, used, or made for another name). Nothing is created on any
+     * failure. *out receives the new user id.
      */
     int (*user_create)(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
-                       const rs_uuid *host, const rs_token *token);
+                       const rs_uuid *host, const rs_token *token, const uint8_t *invite);
 
-    /* The user named `username`. RS_ENOTFOUND if none. */
+    /*
+     * The user named exactly `username`, else the one owning its key (so
+     * any spelling in any case finds the account). RS_ENOTFOUND if none.
+     */
     int (*user_lookup)(rs_backend *b, rs_account *out, const char *username);
+
+    /*
+     * Stores an invite: the hash of its code and, optionally, the only user
+     * name (any case) it may register (NULL: any name).
+     */
+    int (*invite_create)(rs_backend *b, const uint8_t *hash, const char *username);
 
     /*
      * Binds device `host` to `user` with a new `token`, replacing the
@@ -280,7 +308,11 @@ typedef struct rs_backend_ops {
 
     /*
      * Records device `device`'s applied frontier (shard -> end, in the
-     * shards' `end`), replacing what it acked before for those shards.
+     * shards' `end`), replacing what it acked before for those shards, all
+     * or nothing. Every entry must name a shard the user has, with an end
+     * not past that shard's end (an ack is what the device applied of the
+     * user's records); otherwise RS_EINVAL naming the entry
+     * (rs_backend_ack_error) and nothing is stored.
      */
     int (*ack_put)(rs_backend *b, int64_t user, const rs_uuid *device, const rs_index *frontier);
 
@@ -364,6 +396,11 @@ struct rs_backend {
  * be NULL.
  */
 int rs_backend_open(rs_backend **out, const char *db, const rs_backend_opts *opts);
+
+/* The messages both backends give (one wording for both). */
+int rs_backend_ack_error(size_t i, const rs_shard *entry, int exists, uint64_t end);
+int rs_backend_quota_error(uint64_t stored, uint64_t adding, uint64_t quota);
+int rs_backend_invite_error(const char *username);
 
 int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_opts *opts);
 /*

@@ -46,9 +46,28 @@ static const char usage_text[] =
     "  --body-max BYTES          largest request body (default 33554432)\n"
     "  --max-payload BYTES       largest record payload (default 1048576)\n"
     "  --login-delay-ms MS       base delay after repeated failed logins (default 500)\n"
+    "  --registration MODE       open (default), closed (403), or invite (an invite code\n"
+    "                            from --make-invite is needed)\n"
+    "  --register-rate N/PERIOD  registrations per client address: N at once, N more per\n"
+    "                            PERIOD (s, m, h, d; e.g. 20/h, the default) or 'off'\n"
+    "  --make-invite[=NAME]      store an invite (for NAME only, any case, or any name),\n"
+    "                            print its code on stdout and exit\n"
+    "  --quota-bytes BYTES       envelope bytes each user may store (default 0: no quota)\n"
+    "  --real-ip-header NAME     behind a reverse proxy on loopback: count logins and\n"
+    "                            registrations by the address in this header (X-Real-IP)\n"
     "  --token-cache-ms MS       how long an authenticated token is kept in memory\n"
     "                            (default 2000; 0: look every token up in the database)\n"
     "  --timeout-s S             idle connection timeout (default 60)\n"
+    "  --request-deadline-s S    a request (headers and body) must arrive whole within S\n"
+    "                            seconds of its start, however slowly bytes trickle; an\n"
+    "                            announced upload gets 1 s more per 64 KiB (default 30;\n"
+    "                            0: no deadline). Event streams are not bound by it\n"
+    "  --max-conns-per-ip N      connections one client address may hold open, event\n"
+    "                            streams aside (default 64; 0: no bound)\n"
+    "  --max-streams-per-ip N    event streams one client address may hold open\n"
+    "                            (default 1024; 0: no bound)\n"
+    "  --body-budget BYTES       request body bytes held at once over all connections;\n"
+    "                            past it, 503 with Retry-After (default 268435456)\n"
     "  --sync-full               SQLite synchronous=FULL (durable across power loss)\n"
     "  --argon2-fast             cheapest argon2id parameters: FOR TESTS ONLY\n"
     "  --test-hooks              honour test-only request headers: FOR TESTS ONLY\n"
@@ -161,10 +180,10 @@ static int bind_listen(int *out_fd, unsigned *port, const char *listen_on)
     return 0;
 }
 
+/* libmicrohttpd's messages, one whole line each, under the log's rate limit. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
-    fprintf(stderr, "recsyncd: http: ");
-    vfprintf(stderr, fmt, ap);
+    rs_vlog("http: ", fmt, ap);
 }
 
 /* Fills `cfg` from the command line; usage errors exit 2 before anything is opened. */
@@ -188,9 +207,18 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         OPT_LOGIN_DELAY,
         OPT_TOKEN_CACHE,
         OPT_TIMEOUT,
+        OPT_REQUEST_DEADLINE,
+        OPT_MAX_CONNS_PER_IP,
+        OPT_MAX_STREAMS_PER_IP,
+        OPT_BODY_BUDGET,
         OPT_SYNC_FULL,
         OPT_ARGON2_FAST,
         OPT_TEST_HOOKS,
+        OPT_REGISTRATION,
+        OPT_REGISTER_RATE,
+        OPT_MAKE_INVITE,
+        OPT_QUOTA_BYTES,
+        OPT_REAL_IP_HEADER,
         OPT_HELP,
         OPT_VERSION
     };
@@ -212,9 +240,18 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         {"login-delay-ms", required_argument, NULL, OPT_LOGIN_DELAY},
         {"token-cache-ms", required_argument, NULL, OPT_TOKEN_CACHE},
         {"timeout-s", required_argument, NULL, OPT_TIMEOUT},
+        {"request-deadline-s", required_argument, NULL, OPT_REQUEST_DEADLINE},
+        {"max-conns-per-ip", required_argument, NULL, OPT_MAX_CONNS_PER_IP},
+        {"max-streams-per-ip", required_argument, NULL, OPT_MAX_STREAMS_PER_IP},
+        {"body-budget", required_argument, NULL, OPT_BODY_BUDGET},
         {"sync-full", no_argument, NULL, OPT_SYNC_FULL},
         {"argon2-fast", no_argument, NULL, OPT_ARGON2_FAST},
         {"test-hooks", no_argument, NULL, OPT_TEST_HOOKS},
+        {"registration", required_argument, NULL, OPT_REGISTRATION},
+        {"register-rate", required_argument, NULL, OPT_REGISTER_RATE},
+        {"make-invite", optional_argument, NULL, OPT_MAKE_INVITE},
+        {"quota-bytes", required_argument, NULL, OPT_QUOTA_BYTES},
+        {"real-ip-header", required_argument, NULL, OPT_REAL_IP_HEADER},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -236,6 +273,11 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
     cfg->login_delay_ms = 500;
     cfg->token_cache_ms = 2000;
     cfg->connection_timeout_s = 60;
+    cfg->request_deadline_s = 30;
+    cfg->max_conns_per_ip = 64;
+    cfg->max_streams_per_ip = 1024;
+    cfg->body_budget = 256u << 20;
+    rs_auth_parse_register_rate(cfg, "20/h");
 
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -295,6 +337,19 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         case OPT_TIMEOUT:
             cfg->connection_timeout_s = (unsigned)parse_num("--timeout-s", optarg, 1, 86400);
             break;
+        case OPT_REQUEST_DEADLINE:
+            cfg->request_deadline_s = (unsigned)parse_num("--request-deadline-s", optarg, 0, 86400);
+            break;
+        case OPT_MAX_CONNS_PER_IP:
+            cfg->max_conns_per_ip = (unsigned)parse_num("--max-conns-per-ip", optarg, 0, 1000000);
+            break;
+        case OPT_MAX_STREAMS_PER_IP:
+            cfg->max_streams_per_ip =
+                (unsigned)parse_num("--max-streams-per-ip", optarg, 0, 1000000);
+            break;
+        case OPT_BODY_BUDGET:
+            cfg->body_budget = parse_num("--body-budget", optarg, 1024, (uint64_t)1 << 40);
+            break;
         case OPT_SYNC_FULL:
             cfg->sync_full = true;
             break;
@@ -303,6 +358,29 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
             break;
         case OPT_TEST_HOOKS:
             cfg->test_hooks = true;
+            break;
+        case OPT_REGISTRATION:
+            if (strcmp(optarg, "open") == 0)
+                cfg->registration = RS_REGISTRATION_OPEN;
+            else if (strcmp(optarg, "closed") == 0)
+                cfg->registration = RS_REGISTRATION_CLOSED;
+            else if (strcmp(optarg, "invite") == 0)
+                cfg->registration = RS_REGISTRATION_INVITE;
+            else
+                die_usage("--registration: '%s' is not open, closed or invite", optarg);
+            break;
+        case OPT_REGISTER_RATE:
+            if (rs_auth_parse_register_rate(cfg, optarg) < 0)
+                die_usage("--register-rate: %s", rs_error_last());
+            break;
+        case OPT_MAKE_INVITE:
+            cfg->make_invite = optarg ? optarg : "";
+            break;
+        case OPT_QUOTA_BYTES:
+            cfg->quota_bytes = parse_num("--quota-bytes", optarg, 0, (uint64_t)INT64_MAX);
+            break;
+        case OPT_REAL_IP_HEADER:
+            cfg->real_ip_header = optarg;
             break;
         case OPT_HELP:
             fputs(usage_text, stdout);
@@ -324,14 +402,17 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
     parse_num("--listen port", colon + 1, 0, 65535);
     if (cfg->page_default > cfg->page_max)
         cfg->page_default = cfg->page_max;
+    if (cfg->body_budget <= cfg->body_max)
+        die_usage("--body-budget (%zu) must be larger than --body-max (%zu)", cfg->body_budget,
+                  cfg->body_max);
     /* A stream must be able to fill its socket between heartbeats without timing out. */
     if (cfg->connection_timeout_s * 1000u < 3u * cfg->heartbeat_ms)
         cfg->connection_timeout_s = (3u * cfg->heartbeat_ms + 999u) / 1000u;
 }
 
 /*
- * Start-up order: options, backend, auth, listening socket, event threads,
- * HTTP daemon, then the port line. Shut-down on SIGTERM/SIGINT: stop
+ * Start-up order: options, backend, auth, listening socket, the connection
+ * watchdog, event threads, HTTP daemon, then the port line. Shut-down on SIGTERM/SIGINT: stop
  * accepting, end streams (MHD must not stop with suspended connections),
  * stop the daemon (requests in flight finish), join threads, close the
  * backend.
@@ -347,7 +428,8 @@ int main(int argc, char **argv)
     /*
      * Request bodies and their decoded records are megabytes each; served
      * from mmap they are faulted in afresh on every upload. Keep them in the
-     * heap, and keep freed memory for the next request.
+     * heap, and keep freed memory for the next request; the connection
+     * watchdog (http.c) hands it back with malloc_trim after a burst.
      */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 128 << 20);
@@ -375,18 +457,26 @@ int main(int argc, char **argv)
         fprintf(stderr, "recsyncd: %s\n", rs_error_last());
         return 1;
     }
-    if (rs_auth_init() < 0 || bind_listen(&fd, &port, cfg->listen) < 0 || rs_events_start() < 0 ||
-        rs_prune_start() < 0) {
+    if (cfg->make_invite) {
+        code = rs_auth_make_invite(cfg->make_invite) < 0 ? 1 : 0;
+        if (code)
+            fprintf(stderr, "recsyncd: %s\n", rs_error_last());
+        rs_srv.backend->ops->close(rs_srv.backend);
+        return code;
+    }
+    if (rs_auth_init() < 0 || bind_listen(&fd, &port, cfg->listen) < 0 || rs_http_start() < 0 ||
+        rs_events_start() < 0 || rs_prune_start() < 0) {
         fprintf(stderr, "recsyncd: %s\n", rs_error_last());
         goto done;
     }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    rs_srv.daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-        MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE, cfg->threads,
-        MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32u * 1024u),
-        MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed, NULL, MHD_OPTION_END);
+    rs_srv.daemon =
+        MHD_start_daemon(flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER,
+                         mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
+                         cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s,
+                         MHD_OPTION_CONNECTION_LIMIT, 10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                         (size_t)(32u * 1024u), MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed,
+                         NULL, MHD_OPTION_NOTIFY_CONNECTION, rs_http_notify, NULL, MHD_OPTION_END);
     if (rs_srv.daemon == NULL) {
         fprintf(stderr, "recsyncd: cannot start the HTTP server on %s\n", cfg->listen);
         rs_events_stop();
@@ -416,6 +506,7 @@ int main(int argc, char **argv)
     rs_prune_stop();
     code = 0;
 done:
+    rs_http_stop();
     if (fd >= 0)
         close(fd);
     rs_auth_shutdown();

@@ -12,7 +12,7 @@
 rs_metrics rs_stats;
 
 static const unsigned statuses[] = {200, 201, 400, 401, 403, 404, 405,
-                                    409, 410, 413, 422, 429, 500, 503};
+                                    409, 410, 413, 422, 429, 500, 503, 507};
 #define STATUS_COUNT (sizeof(statuses) / sizeof(statuses[0]))
 #define STATUS_OTHER STATUS_COUNT
 
@@ -164,10 +164,32 @@ int rs_metrics_render(rs_buf *out)
         {"recsyncd_streams_resync_total", "Event streams refused or ended: cursor pruned (410).",
          "counter", load(&rs_stats.streams_gone)},
         {"recsyncd_subscribers", "Event streams open now.", "gauge", load(&rs_stats.subscribers)},
+        {"recsyncd_connections", "Connections open now (event streams included).", "gauge",
+         load(&rs_stats.connections)},
+        {"recsyncd_connections_refused_total",
+         "Connections refused: their address had --max-conns-per-ip open.", "counter",
+         load(&rs_stats.conns_refused)},
+        {"recsyncd_requests_cut_total",
+         "Connections closed: their request was not whole by --request-deadline-s.", "counter",
+         load(&rs_stats.requests_cut)},
+        {"recsyncd_bodies_refused_total", "Request bodies over their route's bound (413).",
+         "counter", load(&rs_stats.bodies_refused)},
+        {"recsyncd_bodies_busy_total", "Request bodies refused over --body-budget (503).",
+         "counter", load(&rs_stats.bodies_busy)},
+        {"recsyncd_body_bytes", "Request body bytes held now (bounded by --body-budget).", "gauge",
+         load(&rs_stats.body_bytes)},
+        {"recsyncd_log_suppressed_total", "Log lines dropped by the log's rate limit.", "counter",
+         load(&rs_stats.log_suppressed)},
         {"recsyncd_login_failures_total", "Failed logins.", "counter",
          load(&rs_stats.login_failures)},
         {"recsyncd_login_throttled_total", "Logins refused for too many failures (429).", "counter",
          load(&rs_stats.login_throttled)},
+        {"recsyncd_quota_refused_total", "Uploads refused over --quota-bytes (507).", "counter",
+         load(&rs_stats.quota_refused)},
+        {"recsyncd_register_throttled_total", "Registrations refused by --register-rate (429).",
+         "counter", load(&rs_stats.register_throttled)},
+        {"recsyncd_hashing_busy_total", "Logins and registrations refused: every argon2id slot "
+         "busy (503).", "counter", load(&rs_stats.hashing_busy)},
         {"recsyncd_retention_runs_total", "Retention passes run.", "counter",
          load(&rs_stats.retention_runs)},
         {"recsyncd_retention_errors_total", "Retention passes that failed.", "counter",

@@ -5,6 +5,7 @@
  */
 #include "server.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,36 +53,112 @@ static int token_reply(rs_reply *out, unsigned status, const char *token, const 
     return rs_wire_token_encode(&out->body, token, username);
 }
 
+#define INVITE_CODE_MAX 128
+
 /*
- * POST /api/v1/register: hashes the password (argon2id), makes the device's
- * token and creates user and device in one transaction; 201 with the token.
+ * The optional "invite" field of a registration (the wire decoder ignores
+ * fields it does not know): 0 and code[0] = '\0' when absent, RS_EINVAL
+ * when it is not a string of 1-128 characters.
+ */
+static int invite_field(char *code, const char *body, size_t len)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    int err = 0;
+    code[0] = '\0';
+    const json_t *v = root ? json_object_get(root, "invite") : NULL;
+    if (v != NULL) {
+        if (!json_is_string(v) || json_string_length(v) == 0 ||
+            json_string_length(v) > INVITE_CODE_MAX)
+            err = rs__error(RS_EINVAL, "invite: not an invite code (a string of 1-%d characters)",
+                            INVITE_CODE_MAX);
+        else
+            snprintf(code, INVITE_CODE_MAX + 1, "%s", json_string_value(v));
+    }
+    json_decref(root);
+    return err;
+}
+
+/*
+ * POST /api/v1/register, cheapest refusals first: registration closed, no
+ * invite where one is needed, a taken name (case-insensitively), the
+ * address's registration bucket empty; then argon2id (503 when every slot
+ * is busy), then user and device created in one transaction (consuming the
+ * invite); 201 with the token.
  */
 int rs_route_register(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len)
 {
     rs_wire_credentials creds;
+    rs_account existing;
     char pwhash[crypto_pwhash_STRBYTES];
     char token_text[RS_TOKEN_TEXT_LEN + 1];
+    char invite[INVITE_CODE_MAX + 1];
+    uint8_t invite_hash[RS_INVITE_HASH_BYTES];
     rs_token token;
     int64_t user;
     int err = rs_wire_credentials_decode(&creds, body, len);
     if (err < 0)
         return err;
-    if ((err = rs_auth_hash_password(pwhash, creds.password)) < 0)
+    if (rs_srv.cfg.registration == RS_REGISTRATION_CLOSED) {
+        err = rs__error(RS_EFORBIDDEN, "registration is closed on this server (recsyncd "
+                                       "--registration closed): ask its operator for an account");
         goto done;
+    }
+    if ((err = invite_field(invite, body, len)) < 0)
+        goto done;
+    if (rs_srv.cfg.registration == RS_REGISTRATION_INVITE && invite[0] == '\0') {
+        err = rs__error(RS_EFORBIDDEN,
+                        "registration on this server needs an invite code (the \"invite\" field; "
+                        "its operator makes them with recsyncd --make-invite)");
+        goto done;
+    }
+    err = rs_srv.backend->ops->user_lookup(rs_srv.backend, &existing, creds.username);
+    if (err == 0) {
+        err = strcmp(existing.name, creds.username) == 0
+                  ? rs__error(RS_EEXISTS, "user name %s is taken", creds.username)
+                  : rs__error(RS_EEXISTS,
+                              "user name %s is taken (as %s: user names are case-insensitive)",
+                              creds.username, existing.name);
+        goto done;
+    }
+    if (err != RS_ENOTFOUND)
+        goto done;
+    if ((err = rs_auth_register_admit(conn, &out->retry_after_s)) < 0 ||
+        (err = rs_auth_hash_password(pwhash, creds.password, &out->retry_after_s)) < 0)
+        goto done;
+    if (rs_srv.cfg.registration == RS_REGISTRATION_INVITE)
+        rs_auth_invite_hash(invite_hash, invite);
     rs_auth_new_token(token_text, &token);
-    if ((err = rs_srv.backend->ops->user_create(rs_srv.backend, &user, creds.username, pwhash,
-                                                &creds.host, &token)) < 0)
+    if ((err = rs_srv.backend->ops->user_create(
+             rs_srv.backend, &user, creds.username, pwhash, &creds.host, &token,
+             rs_srv.cfg.registration == RS_REGISTRATION_INVITE ? invite_hash : NULL)) < 0)
         goto done;
     err = token_reply(out, 201, token_text, creds.username);
 done:
     sodium_memzero(token_text, sizeof(token_text));
+    sodium_memzero(invite, sizeof(invite));
+    sodium_memzero(&existing, sizeof(existing));
     rs_wire_credentials_clear(&creds);
     return err;
 }
 
+/* True when the request carries a valid token of device of `user` (a device of the account). */
+static int known_device(struct MHD_Connection *conn, int64_t user)
+{
+    rs_device dev;
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION) == NULL)
+        return 0;
+    int known = rs_auth_device(&dev, conn) == 0 && dev.user == user;
+    rs_error_clear();
+    sodium_memzero(&dev, sizeof(dev));
+    return known;
+}
+
 /*
- * POST /api/v1/login: verifies the password under the login brake, then
- * binds this host to the user with a fresh token (retiring its old one).
+ * POST /api/v1/login: finds the account by name (any case), verifies the
+ * password under the login brake (never applied to a request carrying a
+ * valid token of the account), then binds this host to the user with a
+ * fresh token (retiring its old one). Answers the name as registered.
  */
 int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len)
 {
@@ -95,15 +172,16 @@ int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body,
     err = rs_srv.backend->ops->user_lookup(rs_srv.backend, &account, creds.username);
     if (err < 0 && err != RS_ENOTFOUND)
         goto done;
-    if ((err = rs_auth_login(err == RS_ENOTFOUND ? NULL : &account, creds.username, creds.password,
-                             conn, &out->retry_after_s)) < 0)
+    int found = err == 0;
+    if ((err = rs_auth_login(found ? &account : NULL, creds.username, creds.password, conn,
+                             found && known_device(conn, account.user), &out->retry_after_s)) < 0)
         goto done;
     rs_auth_new_token(token_text, &token);
     if ((err = rs_srv.backend->ops->device_bind(rs_srv.backend, account.user, &creds.host,
                                                 &token)) < 0)
         goto done;
     rs_auth_forget_device(&creds.host); /* its previous token, if cached */
-    err = token_reply(out, 200, token_text, creds.username);
+    err = token_reply(out, 200, token_text, account.name);
 done:
     sodium_memzero(token_text, sizeof(token_text));
     sodium_memzero(&account, sizeof(account));
@@ -188,10 +266,14 @@ int rs_route_records_post(rs_reply *out, struct MHD_Connection *conn, const char
         if ((err = rs_srv.backend->ops->seq(rs_srv.backend, &res.seq, &floor, dev.user)) < 0)
             goto done;
     } else {
-        rs_insert_opts opts = {.stall_ms = test_stall_ms(conn)};
+        rs_insert_opts opts = {.stall_ms = test_stall_ms(conn),
+                               .quota_bytes = rs_srv.cfg.quota_bytes};
         if ((err = rs_srv.backend->ops->insert(rs_srv.backend, &res, dev.user, batch.records,
-                                               batch.count, &opts)) < 0)
+                                               batch.count, &opts)) < 0) {
+            if (err == RS_EQUOTA)
+                atomic_fetch_add(&rs_stats.quota_refused, 1);
             goto done;
+        }
     }
     atomic_fetch_add(&rs_stats.records_stored, res.inserted);
     atomic_fetch_add(&rs_stats.bytes_stored, res.bytes);
@@ -292,6 +374,13 @@ int rs_route_events(rs_reply *out, struct MHD_Connection *conn)
 
 /* ---- acks ---- */
 
+/*
+ * POST /api/v1/acks: the calling device's applied frontier. It may name any
+ * shard of the user (a device applies every device's records), never
+ * another user's or one that does not exist, and never past a shard's end;
+ * the backend checks both in the write transaction and stores all or
+ * nothing. The device acked for is always the token's.
+ */
 int rs_route_acks_post(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len)
 {
     rs_device dev;

@@ -8,6 +8,7 @@
 #include "backend.h"
 
 #include <microhttpd.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -33,10 +34,22 @@ typedef struct rs_config {
     unsigned login_delay_ms;
     unsigned token_cache_ms; /* 0: every request looks its token up */
     unsigned connection_timeout_s;
+    unsigned max_conns_per_ip;   /* connections per client address, streams aside (0: no bound) */
+    unsigned max_streams_per_ip; /* event streams per client address (0: no bound) */
+    unsigned request_deadline_s; /* a request must be read within this (0: no deadline) */
+    size_t body_budget;          /* request body bytes held at once, all connections */
     bool argon2_fast;
     bool test_hooks;
     bool sync_full;
+    int registration;            /* RS_REGISTRATION_OPEN, _CLOSED or _INVITE */
+    unsigned register_burst;     /* registrations an address may make at once (0: no bound) */
+    uint64_t register_period_ms; /* ...and again over this long */
+    uint64_t quota_bytes;        /* envelope bytes per user (0: no quota) */
+    const char *make_invite;     /* --make-invite: print an invite and exit ("": any name) */
+    const char *real_ip_header;  /* the client's address from a loopback proxy (NULL: none) */
 } rs_config;
+
+enum { RS_REGISTRATION_OPEN, RS_REGISTRATION_CLOSED, RS_REGISTRATION_INVITE };
 
 /* The running server: one per process. */
 typedef struct rs_server {
@@ -91,6 +104,22 @@ enum MHD_Result rs_http_handle(void *cls, struct MHD_Connection *conn, const cha
                                size_t *upload_data_size, void **con_cls);
 void rs_http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                        enum MHD_RequestTerminationCode toe);
+/* MHD's connection callback: the per-address count and the request deadline. */
+void rs_http_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                    enum MHD_ConnectionNotificationCode code);
+
+/* Starts and stops the thread that cuts connections past their request deadline. */
+int rs_http_start(void);
+void rs_http_stop(void);
+
+/*
+ * The server's log on stderr: one whole line per call (one write), at most
+ * RS_LOG_LINES_PER_S a second; the rest are counted and summed up in one
+ * line. `topic` ("http: ", or "") follows "recsyncd: ".
+ */
+#define RS_LOG_LINES_PER_S 20
+void rs_log(const char *fmt, ...) RS_PRINTF(1, 2);
+void rs_vlog(const char *topic, const char *fmt, va_list ap);
 
 /* ---- routes.c ---- */
 
@@ -152,17 +181,33 @@ void rs_auth_forget_device(const rs_uuid *host);
 #define RS_TOKEN_TEXT_LEN (2 * (RS_TOKEN_ID_BYTES + 32))
 void rs_auth_new_token(char *text, rs_token *token);
 
-/* argon2id hash of `password` into out[crypto_pwhash_STRBYTES]. */
-int rs_auth_hash_password(char *out, const char *password);
+/* argon2id hash of `password` into out[crypto_pwhash_STRBYTES]; RS_EBUSY (and
+ * *retry_after_s) when every argon2id slot is taken. */
+int rs_auth_hash_password(char *out, const char *password, unsigned *retry_after_s);
 
 /*
  * Verifies `password` for `username` (account NULL: unknown user, still
  * spending the time a verification takes), with failed attempts slowed per
- * user and per client address. RS_ETHROTTLED with *retry_after_s set when
- * the caller must wait; RS_EAUTH for a wrong name or password.
+ * (client address, user), per address, and per user for addresses failing
+ * for it (auth.c); `known_device` (the request carries a valid token of the
+ * account) is never slowed. RS_ETHROTTLED with *retry_after_s set when the
+ * caller must wait; RS_EBUSY (503, *retry_after_s) when every argon2id slot
+ * is taken; RS_EAUTH for a wrong name or password.
  */
 int rs_auth_login(const rs_account *account, const char *username, const char *password,
-                  struct MHD_Connection *conn, unsigned *retry_after_s);
+                  struct MHD_Connection *conn, int known_device, unsigned *retry_after_s);
+
+/* Takes one of the client address's registrations (--register-rate); RS_ETHROTTLED if none. */
+int rs_auth_register_admit(struct MHD_Connection *conn, unsigned *retry_after_s);
+
+/* "N/PERIOD" (20/h, 5/m, 100/d, 2/30s) or "off" into cfg's register_burst and _period_ms. */
+int rs_auth_parse_register_rate(rs_config *cfg, const char *text);
+
+/* Makes and stores an invite (for `username`, or any name when NULL or ""); prints its code. */
+int rs_auth_make_invite(const char *username);
+
+/* An invite code's hash as the backend stores it. */
+void rs_auth_invite_hash(uint8_t *out, const char *code);
 
 /* ---- events.c ---- */
 
@@ -194,6 +239,16 @@ typedef struct rs_metrics {
     atomic_uint_fast64_t retention_errors;
     atomic_uint_fast64_t events_pruned;
     atomic_uint_fast64_t retention_last_ms;
+    atomic_uint_fast64_t connections;    /* open now, event streams included */
+    atomic_uint_fast64_t conns_refused;  /* over --max-conns-per-ip */
+    atomic_uint_fast64_t requests_cut;   /* past --request-deadline-s */
+    atomic_uint_fast64_t bodies_refused; /* over the route's body bound (413) */
+    atomic_uint_fast64_t bodies_busy;    /* over --body-budget (503) */
+    atomic_uint_fast64_t body_bytes;     /* request body bytes held now */
+    atomic_uint_fast64_t log_suppressed;
+    atomic_uint_fast64_t quota_refused;
+    atomic_uint_fast64_t register_throttled;
+    atomic_uint_fast64_t hashing_busy;
 } rs_metrics;
 
 extern rs_metrics rs_stats;

@@ -6,8 +6,8 @@ What it gives a test (a unittest.TestCase):
   $RECSYNC_BIN (CTest sets both), else <repo>/build/bin/.
 * Databases: ``make_database(test)`` returns a fresh, empty database for
   the backend named by $RS_TEST_BACKEND (default ``sqlite``). A backend is a
-  class with ``url`` (what ``recsyncd --db`` takes) registered in
-  ``DATABASES``; a PostgreSQL one (a real server in a temporary directory)
+  class with ``url`` (what ``recsyncd --db`` takes) and ``writing()`` (is a
+  write transaction open in it now) registered in ``DATABASES``; a PostgreSQL one (a real server in a temporary directory)
   is added there by ``register_database('postgres', cls)``.
 * ``ServerProcess(test, ...)``: the real recsyncd on 127.0.0.1, port 0 by
   default. It reads the ``recsyncd listening on 127.0.0.1:<port>`` line
@@ -29,6 +29,7 @@ Every wait in here has a deadline; nothing blocks forever.
 """
 
 import base64
+import fcntl
 import http.client
 import json
 import os
@@ -37,6 +38,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -87,6 +89,24 @@ class SqliteDatabase:
     def __init__(self, test):
         self.dir = make_tempdir(test, "recsyncd-db-")
         self.url = os.path.join(self.dir, "server.db")
+
+    # SQLite's WAL write lock: byte 120 of the -shm file, a POSIX lock.
+    WAL_WRITE_LOCK = 120
+    FLOCK = "hhqqi4x"  # struct flock on Linux x86_64 and aarch64
+
+    def writing(self):
+        """True when a write transaction (or a checkpoint) holds the
+        database's write lock now. Asks with F_GETLK, so it never takes
+        the lock or delays the writer."""
+        try:
+            fd = os.open(self.url + "-shm", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            ask = struct.pack(self.FLOCK, fcntl.F_WRLCK, os.SEEK_SET, self.WAL_WRITE_LOCK, 1, 0)
+            return struct.unpack(self.FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, ask))[0] != fcntl.F_UNLCK
+        finally:
+            os.close(fd)
 
 
 DATABASES = {"sqlite": SqliteDatabase}
@@ -289,6 +309,13 @@ class PostgresDatabase:
         # every block. Databases are not dropped: the cluster goes at exit.
         self.cluster.psql("CREATE DATABASE %s STRATEGY FILE_COPY" % self.dbname)
         self.url = self.cluster.url(self.dbname)
+
+    def writing(self):
+        """True when a transaction on this database has written rows it has
+        not committed yet (a backend with a transaction id)."""
+        n = self.cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' "
+                              "AND backend_xid IS NOT NULL" % self.dbname)
+        return n.strip() != "0"
 
 
 register_database("postgres", PostgresDatabase)

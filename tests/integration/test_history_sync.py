@@ -76,24 +76,28 @@ class HistoryCommandLine(unittest.TestCase):
         write(bash, "ls\n#1700000100\nvim a\n#1700000200\nfor f in *; do\n  echo $f\ndone\n")
         out = self.d.run("history", "import", "zsh", zsh).text
         self.assertIn("imported 3 entries", out)
-        out = self.d.run("history", "import", "bash", bash).text
+        # --multiline: bash's lithist, the lines after a timestamp make one entry.
+        out = self.d.run("history", "import", "--multiline", "bash", bash).text
         self.assertIn("imported 3 entries", out)
         records = len(self.d.log("history"))
         self.assertIn("imported 0 entries", self.d.run("history", "import", "zsh", zsh).text)
-        self.assertIn("imported 0 entries", self.d.run("history", "import", "bash", bash).text)
+        self.assertIn("imported 0 entries",
+                      self.d.run("history", "import", "--multiline", "bash", bash).text)
         self.assertEqual(len(self.d.log("history")), records)
         rows = entries(self.d, "list")
-        # "plain line" ends the zsh file undated: it is dated just before the
-        # file's modification time, so it is the newest.
+        # "plain line" ends the zsh file undated: it is dated 1 ms after the
+        # entry before it; "ls" starts the bash file undated: 1 ms before "vim a".
         self.assertEqual([r["command"] for r in rows], [
-            "plain line", "for f in *; do\n  echo $f\ndone", "vim a", "ls",
+            "for f in *; do\n  echo $f\ndone", "vim a", "ls", "plain line",
             "for i in 1 2; do\n  echo $i\ndone", "make"])
         self.assertEqual(rows[-1]["duration"], 3000)
 
     def test_usage_errors_exit_2(self):
         for args in (["history"], ["history", "add"], ["history", "add", "--exit", "x", "ls"],
                      ["history", "search"], ["history", "delete", "not-an-id"],
-                     ["history", "import", "fish", "/dev/null"], ["history", "list", "extra"],
+                     ["history", "import", "nushell", "/dev/null"], ["history", "list", "extra"],
+                     ["history", "import", "--multiline", "zsh", "/dev/null"],
+                     ["history", "import", "atuin", "-"], ["history", "list", "--since", "soon"],
                      ["history", "search", "--all", "--json", "x"]):
             r = self.d.run(*args, expect=2)
             self.assertEqual(r.out, b"", args)

@@ -1,4 +1,6 @@
-"""recsyncd killed with SIGKILL mid-upload: no partial batch is ever visible, and the retry completes."""
+"""recsyncd killed with SIGKILL mid-upload: no partial batch is ever visible, and the retry completes.
+The random kills are shown to land inside the batch's write transaction
+(harness: the database's ``writing()``), not only before or after it."""
 
 import json
 import random
@@ -66,6 +68,15 @@ class CrashTests(unittest.TestCase):
         self.check_shard(acct, 5100)
 
     def test_kill_at_random_points_of_large_uploads(self):
+        """Kills at random points of 8000-record uploads, each placed by
+        what was going on when it landed: before the batch's write
+        transaction, inside it (the database's write lock held just before
+        the kill, and the batch not there after the restart: it was open
+        until the kill), or after its commit. Rounds go on (at most
+        MAX_ROUNDS) until MIN_MID_WRITE kills landed inside a write; the
+        test fails if they never do, since then it checked nothing of what
+        it claims."""
+        MIN_ROUNDS, MAX_ROUNDS, MIN_MID_WRITE = 8, 30, 2
         server = ServerProcess(self)
         acct = server.register()
         rng = random.Random(1234)
@@ -76,12 +87,14 @@ class CrashTests(unittest.TestCase):
         self.assertEqual(acct.upload(batch).status, 200)
         duration = time.monotonic() - t0
         end += 8000
-        outcomes = {"old": 0, "new": 0}
-        for round_ in range(8):
+        outcomes = {"before": 0, "mid_write": 0, "after": 0}
+        round_ = 0
+        while round_ < MIN_ROUNDS or (outcomes["mid_write"] < MIN_MID_WRITE and round_ < MAX_ROUNDS):
             batch = make_records(acct.host, "kv", end, 8000, payload_size=100)
             body = json.dumps({"records": batch})
             t, result = upload_in_thread(server.port, acct.token, body)
             time.sleep(rng.uniform(0.0, duration * 1.2))
+            writing = server.db.writing()
             server.kill()
             t.join(30)
             self.assertFalse(t.is_alive())
@@ -91,14 +104,22 @@ class CrashTests(unittest.TestCase):
             self.assertEqual(acct.index()["seq"], got)
             if "response" in result and result["response"].status == 200:
                 self.assertEqual(got, end + 8000, "an acknowledged batch was lost")
-            outcomes["new" if got == end + 8000 else "old"] += 1
+            if got == end + 8000:
+                outcomes["after"] += 1
+            elif writing:
+                outcomes["mid_write"] += 1
+            else:
+                outcomes["before"] += 1
             r = acct.client().post("/api/v1/records", body)  # the retry
             self.assertEqual(r.status, 200, r)
             end += 8000
             self.assertEqual(acct.shard_end("kv"), end)
+            round_ += 1
         self.check_shard(acct, end)
-        print("kills before/after commit: %(old)d/%(new)d" % outcomes)
-
+        print("%d kills: %d before the batch's write, %d inside a write, %d after its commit"
+              % (round_, outcomes["before"], outcomes["mid_write"], outcomes["after"]))
+        self.assertGreaterEqual(outcomes["mid_write"], MIN_MID_WRITE,
+                                "no kill landed while the batch was being written: %s" % outcomes)
 
 if __name__ == "__main__":
     unittest.main()

@@ -299,7 +299,7 @@ static void history_import_zsh_extended_multiline_and_metafied(void **state)
     /* 0x83 0xa3 unmetafies to 0x83, not UTF-8 alone: repaired to U+FFFD. */
     assert_string_equal(t.s, "echo trailing|1700000020000|-1|0;"
                              "echo caf\xc3\xa9 \xef\xbf\xbd|1700000010000|-1|12000;"
-                             "plain command|1700000009999|-1|-1;"
+                             "plain command|1700000005001|-1|-1;"
                              "for i in 1 2; do\n  echo $i\ndone|1700000005000|-1|0;"
                              "make|1700000000000|-1|3000;");
     assert_int_equal(test_count_records(a, RS_HISTORY_TAG), 5);
@@ -338,14 +338,33 @@ static void history_import_bash_plain_and_dated(void **state)
 
     write_file(f->file, dated, sizeof(dated) - 1);
     st = import(b, RS_HISTORY_BASH, f->file);
-    assert_int_equal(st.entries, 4);
+    /* One entry per line; a timestamp dates the next line only, the lines after it follow. */
+    assert_int_equal(st.entries, 7);
     memset(&t, 0, sizeof(t));
     t.with_fields = true;
     OK(rs_history_list(b, 0, append_entry, &t));
     assert_string_equal(t.s, "last|1700000400000|-1|-1;"
-                             "for f in *; do\n  echo $f\ndone\n#notatime|1700000200000|-1|-1;"
+                             "#notatime|1700000200003|-1|-1;"
+                             "done|1700000200002|-1|-1;"
+                             "  echo $f|1700000200001|-1|-1;"
+                             "for f in *; do|1700000200000|-1|-1;"
                              "vim a|1700000100000|-1|-1;"
                              "old undated|1700000099999|-1|-1;");
+
+    /* --multiline (bash's lithist): the lines after a timestamp make one entry. */
+    {
+        rs_store *c = test_init_store(f->c, NULL);
+        OK(rs_history_import_flags(&st, c, RS_HISTORY_BASH, f->file, RS_HISTORY_IMPORT_MULTILINE));
+        assert_int_equal(st.entries, 4);
+        memset(&t, 0, sizeof(t));
+        t.with_fields = true;
+        OK(rs_history_list(c, 0, append_entry, &t));
+        assert_string_equal(t.s, "last|1700000400000|-1|-1;"
+                                 "for f in *; do\n  echo $f\ndone\n#notatime|1700000200000|-1|-1;"
+                                 "vim a|1700000100000|-1|-1;"
+                                 "old undated|1700000099999|-1|-1;");
+        rs_store_free(c);
+    }
     rs_store_free(a);
     rs_store_free(b);
 }

@@ -29,7 +29,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define CHANNEL "recsync_events"
 #define MIGRATION_LOCK 0x72737963 /* pg_advisory_xact_lock key: "rsyc" */
 
@@ -71,7 +71,18 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " user_id bigint NOT NULL, host bytea NOT NULL, tag text COLLATE \"C\" NOT NULL,"
     " device bytea NOT NULL, end_idx bigint NOT NULL, updated_ms bigint NOT NULL,"
     " PRIMARY KEY (user_id, host, tag, device));",
-    /* 2: snapshots and pruning (issue 11; postgres_snap.c). */
+    /* 2: case-insensitive user names (backend.h) and invites; translate(), not lower(),
+     * so the fold is ASCII's whatever the database's locale. */
+    "ALTER TABLE users ADD COLUMN name_key text COLLATE \"C\" NOT NULL DEFAULT '';"
+    "ALTER TABLE users ADD COLUMN name_dup bigint NOT NULL DEFAULT 0;"
+    "UPDATE users SET name_key = translate(name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',"
+    " 'abcdefghijklmnopqrstuvwxyz');"
+    "UPDATE users u SET name_dup = u.user_id WHERE EXISTS (SELECT 1 FROM users o"
+    " WHERE o.name_key = u.name_key AND o.user_id < u.user_id);"
+    "CREATE UNIQUE INDEX users_name_folded ON users(name_key, name_dup);"
+    "CREATE TABLE invites (code_hash bytea PRIMARY KEY, name_key text COLLATE \"C\","
+    " created_ms bigint NOT NULL);",
+    /* 3: snapshots and pruning (issue 11; postgres_snap.c). */
     RS_PG_SNAPSHOT_MIGRATION,
 };
 
@@ -93,13 +104,19 @@ enum stmt_id {
     ST_EVENTS,
     ST_ACK_PUT,
     ST_ACK_FLOOR,
+    ST_INVITE_PUT,
+    ST_INVITE_TAKE,
     ST_COUNT
 };
 
 static const char *const stmt_sql[ST_COUNT] = {
-    [ST_USER_INSERT] = "INSERT INTO users(name, pwhash, created_ms) VALUES ($1::text, $2::text,"
-                       " $3::int8) ON CONFLICT (name) DO NOTHING RETURNING user_id",
-    [ST_USER_BY_NAME] = "SELECT user_id, pwhash FROM users WHERE name = $1::text",
+    /* No row back: the name or its key is taken. */
+    [ST_USER_INSERT] = "INSERT INTO users(name, name_key, pwhash, created_ms) VALUES ($1::text,"
+                       " $2::text, $3::text, $4::int8) ON CONFLICT DO NOTHING RETURNING user_id",
+    /* The exact name first, else the key's owner. */
+    [ST_USER_BY_NAME] = "SELECT user_id, pwhash, name FROM users"
+                        " WHERE name = $1::text OR (name_key = $2::text AND name_dup = 0)"
+                        " ORDER BY (name = $1::text) DESC LIMIT 1",
     /* No row back: the host belongs to another user and nothing changed. */
     [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms,"
                       " last_seen_ms) VALUES ($1::bytea, $2::int8, $3::bytea, $4::bytea, $5::int8,"
@@ -112,7 +129,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_USER_SEQ] = "SELECT seq, floor FROM users WHERE user_id = $1::int8",
     [ST_INDEX] = "SELECT u.seq, s.host, s.tag, s.start_idx, s.end_idx FROM users u"
                  " LEFT JOIN shards s ON s.user_id = u.user_id WHERE u.user_id = $1::int8",
-    [ST_USER_LOCK] = "SELECT seq FROM users WHERE user_id = $1::int8 FOR UPDATE",
+    [ST_USER_LOCK] = "SELECT seq, bytes FROM users WHERE user_id = $1::int8 FOR UPDATE",
     [ST_SHARD_GET] = "SELECT start_idx, end_idx FROM shards"
                      " WHERE user_id = $1::int8 AND host = $2::bytea AND tag = $3::text",
     [ST_SHARD_PUT] = "INSERT INTO shards(user_id, host, tag, end_idx)"
@@ -152,6 +169,10 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "  AND dv.user_id = a.user_id"
                      "  WHERE a.user_id = s.user_id AND a.host = s.host AND a.tag = s.tag)::int8"
                      " FROM d LEFT JOIN shards s ON s.user_id = $1::int8",
+    [ST_INVITE_PUT] = "INSERT INTO invites(code_hash, name_key, created_ms)"
+                      " VALUES ($1::bytea, $2::text, $3::int8)",
+    [ST_INVITE_TAKE] = "DELETE FROM invites WHERE code_hash = $1::bytea"
+                       " AND (name_key IS NULL OR name_key = $2::text) RETURNING 1",
 };
 
 typedef struct conn {
@@ -510,18 +531,21 @@ static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_toke
 }
 
 static int pg_user_create(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
-                          const rs_uuid *host, const rs_token *token)
+                          const rs_uuid *host, const rs_token *token, const uint8_t *invite)
 {
     pg_backend *pb = (pg_backend *)b;
     conn *c;
     PGresult *r = NULL;
     params p = {0};
+    char key[RS_WIRE_USERNAME_MAX + 1];
     int err = conn_get(&c, pb);
     if (err < 0)
         return err;
+    rs_backend_name_key(key, username);
     if ((err = exec(c, "BEGIN", "starting a write")) < 0)
         goto done;
     p_text(&p, username);
+    p_text(&p, key);
     p_text(&p, pwhash);
     p_i64(&p, (int64_t)rs_now_ms());
     if ((err = q(c, &r, ST_USER_INSERT, &p, "creating a user")) < 0)
@@ -533,6 +557,19 @@ static int pg_user_create(rs_backend *b, int64_t *out, const char *username, con
     }
     int64_t user = get_i64(r, 0, 0);
     PQclear(r);
+    if (invite) {
+        memset(&p, 0, sizeof(p));
+        p_bytes(&p, invite, RS_INVITE_HASH_BYTES);
+        p_text(&p, key);
+        if ((err = q(c, &r, ST_INVITE_TAKE, &p, "taking an invite")) < 0)
+            goto done;
+        int taken = PQntuples(r);
+        PQclear(r);
+        if (taken != 1) {
+            err = rs_backend_invite_error(username);
+            goto done;
+        }
+    }
     if ((err = bind_device(c, user, host, token)) < 0 ||
         (err = exec(c, "COMMIT", "committing a new user")) < 0)
         goto done;
@@ -551,7 +588,10 @@ static int pg_user_lookup(rs_backend *b, rs_account *out, const char *username)
     int err = conn_get(&c, pb);
     if (err < 0)
         return err;
+    char key[RS_WIRE_USERNAME_MAX + 1];
+    rs_backend_name_key(key, username);
     p_text(&p, username);
+    p_text(&p, key);
     if ((err = q(c, &r, ST_USER_BY_NAME, &p, "looking up a user")) < 0)
         goto done;
     if (PQntuples(r) == 0) {
@@ -559,6 +599,7 @@ static int pg_user_lookup(rs_backend *b, rs_account *out, const char *username)
     } else {
         out->user = get_i64(r, 0, 0);
         snprintf(out->pwhash, sizeof(out->pwhash), "%s", PQgetvalue(r, 0, 1));
+        snprintf(out->name, sizeof(out->name), "%s", PQgetvalue(r, 0, 2));
     }
     PQclear(r);
 done:
@@ -574,6 +615,28 @@ static int pg_device_bind(rs_backend *b, int64_t user, const rs_uuid *host, cons
     if (err < 0)
         return err;
     err = bind_device(c, user, host, token);
+    conn_put(pb, c);
+    return err;
+}
+
+static int pg_invite_create(rs_backend *b, const uint8_t *hash, const char *username)
+{
+    pg_backend *pb = (pg_backend *)b;
+    conn *c;
+    params p = {0};
+    char key[RS_WIRE_USERNAME_MAX + 1];
+    int err = conn_get(&c, pb);
+    if (err < 0)
+        return err;
+    p_bytes(&p, hash, RS_INVITE_HASH_BYTES);
+    if (username) {
+        rs_backend_name_key(key, username);
+        p_text(&p, key);
+    } else {
+        p_null(&p);
+    }
+    p_i64(&p, (int64_t)rs_now_ms());
+    err = q(c, NULL, ST_INVITE_PUT, &p, "storing an invite");
     conn_put(pb, c);
     return err;
 }
@@ -840,7 +903,8 @@ static int pg_insert(rs_backend *b, rs_insert_result *out, int64_t user, const r
     conn *c;
     PGresult *r = NULL;
     params p = {0};
-    uint64_t seq = 0, bytes = 0, now = rs_now_ms();
+    uint64_t seq = 0, bytes = 0, stored = 0, now = rs_now_ms();
+    uint64_t quota = opts ? opts->quota_bytes : 0;
     run_state rs = {0};
     int err = conn_get(&c, pb);
     if (err < 0)
@@ -857,6 +921,7 @@ static int pg_insert(rs_backend *b, rs_insert_result *out, int64_t user, const r
         goto done;
     }
     seq = (uint64_t)get_i64(r, 0, 0);
+    stored = (uint64_t)get_i64(r, 0, 1);
     PQclear(r);
     uint64_t first_seq = seq;
     /* New records wait in records[pending, i) and are stored together before anything reads. */
@@ -879,6 +944,10 @@ static int pg_insert(rs_backend *b, rs_insert_result *out, int64_t user, const r
                 goto done;
             pending = i + 1;
         } else if (rec->idx == rs.end) {
+            if (quota && stored + bytes + rec->data_len > quota) {
+                err = rs_backend_quota_error(stored, bytes + rec->data_len, quota);
+                goto done;
+            }
             if (rs.inserted++ == 0)
                 rs.first_new = rec->idx;
             rs.end++;
@@ -1060,6 +1129,20 @@ static int pg_ack_put(rs_backend *b, int64_t user, const rs_uuid *device, const 
     for (size_t i = 0; i < frontier->count; i++) {
         const rs_shard *s = &frontier->shards[i];
         params p = {0};
+        PGresult *r = NULL;
+        p_i64(&p, user);
+        p_uuid(&p, &s->host);
+        p_text(&p, s->tag);
+        if ((err = q(c, &r, ST_SHARD_GET, &p, "reading a shard")) < 0)
+            goto done;
+        int exists = PQntuples(r) > 0;
+        uint64_t end = exists ? (uint64_t)get_i64(r, 0, 1) : 0;
+        PQclear(r);
+        if (!exists || s->end > end) {
+            err = rs_backend_ack_error(i, s, exists, end);
+            goto done;
+        }
+        memset(&p, 0, sizeof(p));
         p_i64(&p, user);
         p_uuid(&p, &s->host);
         p_text(&p, s->tag);
@@ -1381,6 +1464,7 @@ static const rs_backend_ops pg_ops = {
     .user_create = pg_user_create,
     .user_lookup = pg_user_lookup,
     .device_bind = pg_device_bind,
+    .invite_create = pg_invite_create,
     .token_lookup = pg_token_lookup,
     .index = pg_index,
     .insert = pg_insert,

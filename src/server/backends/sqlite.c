@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 /*
  * Migrations: entry i takes the schema from version i to i + 1. Each runs
@@ -59,7 +59,16 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " user_id INTEGER NOT NULL, host BLOB NOT NULL, tag TEXT NOT NULL, device BLOB NOT NULL,"
     " end_idx INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
     " PRIMARY KEY (user_id, host, tag, device)) WITHOUT ROWID;",
-    /* 2: snapshots and pruning (issue 11; sqlite_snap.c). */
+    /* 2: case-insensitive user names (backend.h) and invites. */
+    "ALTER TABLE users ADD COLUMN name_key TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE users ADD COLUMN name_dup INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE users SET name_key = lower(name);"
+    "UPDATE users SET name_dup = user_id WHERE EXISTS (SELECT 1 FROM users o"
+    " WHERE o.name_key = users.name_key AND o.user_id < users.user_id);"
+    "CREATE UNIQUE INDEX users_name_folded ON users(name_key, name_dup);"
+    "CREATE TABLE invites (code_hash BLOB PRIMARY KEY, name_key TEXT,"
+    " created_ms INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 3: snapshots and pruning (issue 11; sqlite_snap.c). */
     RS_SQLITE_SNAPSHOT_MIGRATION,
 };
 
@@ -86,6 +95,8 @@ enum stmt_id {
     ST_ACK_PUT,
     ST_DEVICE_COUNT,
     ST_ACK_FLOOR,
+    ST_INVITE_PUT,
+    ST_INVITE_TAKE,
     ST_COUNT
 };
 
@@ -94,8 +105,12 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN_WRITE] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_USER_INSERT] = "INSERT INTO users(name, pwhash, created_ms) VALUES (?1, ?2, ?3)",
-    [ST_USER_BY_NAME] = "SELECT user_id, pwhash FROM users WHERE name = ?1",
+    [ST_USER_INSERT] =
+        "INSERT INTO users(name, name_key, pwhash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+    /* The exact name first, else the key's owner. */
+    [ST_USER_BY_NAME] = "SELECT user_id, pwhash, name FROM users"
+                        " WHERE name = ?1 OR (name_key = ?2 AND name_dup = 0)"
+                        " ORDER BY name = ?1 DESC LIMIT 1",
     [ST_DEVICE_USER] = "SELECT user_id FROM devices WHERE host = ?1",
     [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms,"
                       " last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(host) DO UPDATE"
@@ -103,7 +118,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                       " last_seen_ms = excluded.last_seen_ms",
     [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name FROM devices d"
                      " JOIN users u ON u.user_id = d.user_id WHERE d.token_id = ?1",
-    [ST_USER_SEQ] = "SELECT seq, floor FROM users WHERE user_id = ?1",
+    [ST_USER_SEQ] = "SELECT seq, floor, bytes FROM users WHERE user_id = ?1",
     [ST_SHARDS] = "SELECT host, tag, start_idx, end_idx FROM shards WHERE user_id = ?1",
     [ST_SHARD_GET] = "SELECT start_idx, end_idx FROM shards"
                      " WHERE user_id = ?1 AND host = ?2 AND tag = ?3",
@@ -131,6 +146,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "  FROM acks a JOIN devices d ON d.host = a.device AND d.user_id = a.user_id"
                      "  WHERE a.user_id = s.user_id AND a.host = s.host AND a.tag = s.tag)"
                      " FROM shards s WHERE s.user_id = ?1",
+    [ST_INVITE_PUT] = "INSERT INTO invites(code_hash, name_key, created_ms) VALUES (?1, ?2, ?3)",
+    [ST_INVITE_TAKE] = "DELETE FROM invites WHERE code_hash = ?1"
+                       " AND (name_key IS NULL OR name_key = ?2)",
 };
 
 typedef struct conn {
@@ -440,20 +458,23 @@ static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_toke
 }
 
 static int sqlite_user_create(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
-                              const rs_uuid *host, const rs_token *token)
+                              const rs_uuid *host, const rs_token *token, const uint8_t *invite)
 {
     sqlite_backend *sb = (sqlite_backend *)b;
     conn *c;
+    char key[RS_WIRE_USERNAME_MAX + 1];
     int err = conn_get(&c, sb);
     if (err < 0)
         return err;
+    rs_backend_name_key(key, username);
     pthread_mutex_lock(&sb->write_lock);
     if ((err = run(c, ST_BEGIN_WRITE, "starting a write")) < 0)
         goto done;
     sqlite3_stmt *st = c->st[ST_USER_INSERT];
     sqlite3_bind_text(st, 1, username, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, pwhash, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)now_ms());
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, pwhash, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)now_ms());
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_CONSTRAINT) {
@@ -465,6 +486,17 @@ static int sqlite_user_create(rs_backend *b, int64_t *out, const char *username,
         goto done;
     }
     int64_t user = sqlite3_last_insert_rowid(c->db);
+    if (invite) {
+        st = c->st[ST_INVITE_TAKE];
+        sqlite3_bind_blob(st, 1, invite, RS_INVITE_HASH_BYTES, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+        if ((err = run(c, ST_INVITE_TAKE, "taking an invite")) < 0)
+            goto done;
+        if (sqlite3_changes(c->db) != 1) {
+            err = rs_backend_invite_error(username);
+            goto done;
+        }
+    }
     if ((err = bind_device(c, user, host, token)) < 0 || (err = commit(c)) < 0)
         goto done;
     *out = user;
@@ -481,13 +513,18 @@ static int sqlite_user_lookup(rs_backend *b, rs_account *out, const char *userna
     int err = conn_get(&c, sb);
     if (err < 0)
         return err;
+    char key[RS_WIRE_USERNAME_MAX + 1];
+    rs_backend_name_key(key, username);
     sqlite3_stmt *st = c->st[ST_USER_BY_NAME];
     sqlite3_bind_text(st, 1, username, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         out->user = sqlite3_column_int64(st, 0);
         const unsigned char *h = sqlite3_column_text(st, 1);
         snprintf(out->pwhash, sizeof(out->pwhash), "%s", h ? (const char *)h : "");
+        const unsigned char *name = sqlite3_column_text(st, 2);
+        snprintf(out->name, sizeof(out->name), "%s", name ? (const char *)name : "");
     } else if (rc == SQLITE_DONE) {
         err = rs__error(RS_ENOTFOUND, "no user named %s", username);
     } else {
@@ -514,6 +551,30 @@ static int sqlite_device_bind(rs_backend *b, int64_t user, const rs_uuid *host,
 done:
     conn_put(sb, c);
     pthread_mutex_unlock(&sb->write_lock);
+    return err;
+}
+
+static int sqlite_invite_create(rs_backend *b, const uint8_t *hash, const char *username)
+{
+    sqlite_backend *sb = (sqlite_backend *)b;
+    conn *c;
+    char key[RS_WIRE_USERNAME_MAX + 1];
+    int err = conn_get(&c, sb);
+    if (err < 0)
+        return err;
+    sqlite3_stmt *st = c->st[ST_INVITE_PUT];
+    sqlite3_bind_blob(st, 1, hash, RS_INVITE_HASH_BYTES, SQLITE_STATIC);
+    if (username) {
+        rs_backend_name_key(key, username);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 2);
+    }
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)now_ms());
+    pthread_mutex_lock(&sb->write_lock);
+    err = run(c, ST_INVITE_PUT, "storing an invite");
+    pthread_mutex_unlock(&sb->write_lock);
+    conn_put(sb, c);
     return err;
 }
 
@@ -549,8 +610,9 @@ static int sqlite_token_lookup(rs_backend *b, rs_device *out, const uint8_t *tok
 
 /* ---- index and seq ---- */
 
-/* The user's seq and floor, inside the caller's transaction. */
-static int user_seq(conn *c, uint64_t *seq, uint64_t *floor, int64_t user)
+/* The user's seq, floor and bytes stored (each optional but seq), inside the caller's
+ * transaction. */
+static int user_seq(conn *c, uint64_t *seq, uint64_t *floor, uint64_t *bytes, int64_t user)
 {
     sqlite3_stmt *st = c->st[ST_USER_SEQ];
     sqlite3_bind_int64(st, 1, user);
@@ -560,6 +622,8 @@ static int user_seq(conn *c, uint64_t *seq, uint64_t *floor, int64_t user)
         *seq = (uint64_t)sqlite3_column_int64(st, 0);
         if (floor)
             *floor = (uint64_t)sqlite3_column_int64(st, 1);
+        if (bytes)
+            *bytes = (uint64_t)sqlite3_column_int64(st, 2);
     } else if (rc == SQLITE_DONE) {
         err = rs__error(RS_ENOTFOUND, "no user %lld", (long long)user);
     } else {
@@ -576,7 +640,7 @@ static int sqlite_index(rs_backend *b, rs_index *out, int64_t user)
     int err = conn_get(&c, sb);
     if (err < 0)
         return err;
-    if ((err = begin_read(c)) < 0 || (err = user_seq(c, &out->seq, NULL, user)) < 0)
+    if ((err = begin_read(c)) < 0 || (err = user_seq(c, &out->seq, NULL, NULL, user)) < 0)
         goto done;
     sqlite3_stmt *st = c->st[ST_SHARDS];
     sqlite3_bind_int64(st, 1, user);
@@ -607,7 +671,7 @@ static int sqlite_seq(rs_backend *b, uint64_t *out_seq, uint64_t *out_floor, int
     int err = conn_get(&c, sb);
     if (err < 0)
         return err;
-    err = user_seq(c, out_seq, out_floor, user);
+    err = user_seq(c, out_seq, out_floor, NULL, user);
     conn_put(sb, c);
     return err;
 }
@@ -718,7 +782,8 @@ static int sqlite_insert(rs_backend *b, rs_insert_result *out, int64_t user,
 {
     sqlite_backend *sb = (sqlite_backend *)b;
     conn *c;
-    uint64_t seq = 0, bytes = 0, now = now_ms();
+    uint64_t seq = 0, bytes = 0, stored = 0, now = now_ms();
+    uint64_t quota = opts ? opts->quota_bytes : 0;
     run_state r = {0};
     int err = conn_get(&c, sb);
     if (err < 0)
@@ -726,7 +791,7 @@ static int sqlite_insert(rs_backend *b, rs_insert_result *out, int64_t user,
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&sb->write_lock);
     if ((err = run(c, ST_BEGIN_WRITE, "starting a write")) < 0 ||
-        (err = user_seq(c, &seq, NULL, user)) < 0)
+        (err = user_seq(c, &seq, NULL, &stored, user)) < 0)
         goto done;
     for (size_t i = 0; i < count; i++) {
         const rs_record *rec = &records[i];
@@ -742,6 +807,10 @@ static int sqlite_insert(rs_backend *b, rs_insert_result *out, int64_t user,
             if ((err = same_as_stored(c, user, rec)) < 0)
                 goto done;
         } else if (rec->idx == r.end) {
+            if (quota && stored + bytes + rec->data_len > quota) {
+                err = rs_backend_quota_error(stored, bytes + rec->data_len, quota);
+                goto done;
+            }
             if ((err = insert_record(c, user, rec)) < 0)
                 goto done;
             if (r.inserted++ == 0)
@@ -873,7 +942,7 @@ static int sqlite_events(rs_backend *b, int64_t user, uint64_t after, size_t lim
     int err = conn_get(&c, sb), rc;
     if (err < 0)
         return err;
-    if ((err = begin_read(c)) < 0 || (err = user_seq(c, &seq, &floor, user)) < 0)
+    if ((err = begin_read(c)) < 0 || (err = user_seq(c, &seq, &floor, NULL, user)) < 0)
         goto done;
     if (after < floor || after > seq) {
         err = rs__error(
@@ -921,7 +990,22 @@ static int sqlite_ack_put(rs_backend *b, int64_t user, const rs_uuid *device,
         goto done;
     for (size_t i = 0; i < frontier->count; i++) {
         const rs_shard *s = &frontier->shards[i];
-        sqlite3_stmt *st = c->st[ST_ACK_PUT];
+        sqlite3_stmt *st = c->st[ST_SHARD_GET];
+        sqlite3_bind_int64(st, 1, user);
+        bind_uuid(st, 2, &s->host);
+        bind_tag(st, 3, s->tag);
+        int rc = sqlite3_step(st);
+        uint64_t end = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 1) : 0;
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            err = db_error(c, rc, "reading a shard");
+            goto done;
+        }
+        if (rc == SQLITE_DONE || s->end > end) {
+            err = rs_backend_ack_error(i, s, rc == SQLITE_ROW, end);
+            goto done;
+        }
+        st = c->st[ST_ACK_PUT];
         sqlite3_bind_int64(st, 1, user);
         bind_uuid(st, 2, &s->host);
         bind_tag(st, 3, s->tag);
@@ -1311,6 +1395,7 @@ static const rs_backend_ops sqlite_ops = {
     .user_create = sqlite_user_create,
     .user_lookup = sqlite_user_lookup,
     .device_bind = sqlite_device_bind,
+    .invite_create = sqlite_invite_create,
     .token_lookup = sqlite_token_lookup,
     .index = sqlite_index,
     .insert = sqlite_insert,

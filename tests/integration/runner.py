@@ -1,0 +1,42 @@
+"""Runs one integration test module for CTest, as `python3 -m unittest -v
+MODULE` would, and says in its exit status what the module checked:
+
+  0   every test ran and passed (some may have skipped: listed at the end)
+  1   a test failed or errored, or the module holds no test
+  77  every test of the module skipped: CTest reports the module Skipped
+      (tests/CMakeLists.txt sets SKIP_RETURN_CODE 77), never Passed
+
+Usage: python3 runner.py MODULE (from tests/integration)."""
+
+import os
+import sys
+import unittest
+
+SKIPPED_ALL = 77
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: runner.py MODULE\n")
+        return 2
+    sys.path.insert(0, os.getcwd())  # as `python3 -m unittest` does
+    suite = unittest.defaultTestLoader.loadTestsFromName(argv[1])
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stderr).run(suite)
+    if not result.wasSuccessful():
+        return 1
+    # A skip in setUpClass or setUpModule is one entry for tests never counted as run.
+    skipped_tests = sum(1 for test, _ in result.skipped if isinstance(test, unittest.TestCase))
+    checked = result.testsRun - skipped_tests
+    for test, reason in result.skipped:
+        sys.stderr.write("skipped: %s: %s\n" % (test.id(), reason))
+    if checked > 0:
+        return 0
+    if not result.skipped:
+        sys.stderr.write("%s: no tests ran\n" % argv[1])
+        return 1
+    sys.stderr.write("%s: every test skipped; reported as skipped, not passed\n" % argv[1])
+    return SKIPPED_ALL
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
