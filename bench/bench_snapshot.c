@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define PASSWORD "bench-password-0123"
@@ -51,6 +52,15 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU seconds (user + system) of this process so far: what a loaded machine does not inflate. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static void die(const char *what, int err)
@@ -380,17 +390,19 @@ static int cmd_ready(const char *url, const char *user, const char *dir, const c
     rs_store *ref = open_store(ref_dir), *s = join(url, user, dir, ref);
     rs_sync_opts opts = {0};
     rs_sync_report *r = NULL;
-    uint64_t held[2] = {0, 0}, snap_bytes = 0, snap_items_covered = 0;
+    uint64_t held[2] = {0, 0}, snap_bytes = 0, snap_items_covered = 0, snap_ms = 0;
     long loaded = 0;
-    double t;
+    double t, cpu;
     int err;
 
     opts.snapshot_every = UINT64_MAX;
     opts.replay = strcmp(mode, "replay") == 0;
+    cpu = cpu_s();
     t = now_s();
     if ((err = rs_sync(&r, s, &opts)) < 0)
         die("sync", err);
     t = now_s() - t;
+    cpu = cpu_s() - cpu;
     if (r->held_count > 0) {
         fprintf(stderr, "bench_snapshot: the new device held back %s: %s\n", r->held[0].tag,
                 r->held[0].reason);
@@ -401,6 +413,7 @@ static int cmd_ready(const char *url, const char *user, const char *dir, const c
             loaded++;
             snap_bytes += r->snapshots[i].bytes;
             snap_items_covered += r->snapshots[i].covered;
+            snap_ms += r->snapshots[i].elapsed_ms;
         }
     if ((err = rs_store_foreach(s, tag, sum_bytes, held)) < 0)
         die("reading the records pulled", err);
@@ -414,7 +427,9 @@ static int cmd_ready(const char *url, const char *user, const char *dir, const c
     if (!opts.replay && loaded == 0)
         fprintf(stderr, "bench_snapshot: the new device loaded no snapshot\n");
     emit("ready_ms", (long)want.count, t * 1e3, "ms");
+    emit("ready_cpu_ms", (long)want.count, cpu * 1e3, "ms");
     emit("snapshots_loaded", (long)want.count, (double)loaded, "count");
+    emit("snapshot_load_ms", (long)want.count, (double)snap_ms, "ms");
     emit("snapshot_covered", (long)want.count, (double)snap_items_covered, "records");
     emit("records_pulled", (long)want.count, (double)r->downloaded, "records");
     emit("snapshot_bytes", (long)want.count, (double)snap_bytes, "bytes");
@@ -433,9 +448,10 @@ static int cmd_cost(const char *dir, const char *tag)
 {
     rs_store *s = open_store(dir);
     rs_snapshot_info info;
-    double t = now_s();
+    double cpu = cpu_s(), t = now_s();
     int err = rs_snapshot_write(&info, s, tag);
     t = now_s() - t;
+    cpu = cpu_s() - cpu;
     if (err < 0)
         die("writing a snapshot", err);
     emit("snapshot_write_ms", (long)info.items, t * 1e3, "ms");
@@ -444,6 +460,9 @@ static int cmd_cost(const char *dir, const char *tag)
     emit("snapshot_write_us_per_item", (long)info.items, t * 1e6 / (double)info.items, "us");
     emit("snapshot_write_ms_per_mib", (long)info.items, t * 1e3 / ((double)info.bytes / 1048576.0),
          "ms");
+    emit("snapshot_write_cpu_us_per_item", (long)info.items, cpu * 1e6 / (double)info.items, "us");
+    emit("snapshot_write_cpu_ms_per_mib", (long)info.items,
+         cpu * 1e3 / ((double)info.bytes / 1048576.0), "ms");
     rs_store_free(s);
     return 0;
 }

@@ -166,6 +166,11 @@ served() {
         awk '/^recsyncd_bytes_served_total / { print $2 }'
 }
 
+# recsyncd's CPU time so far (user + system), in ms.
+server_cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($14 + $15) * 1000 / hz }' "/proc/$SERVER_PID/stat"
+}
+
 # The value of figure $2 in bench_snapshot's lines in file $1.
 figure() {
     sed -n "s/.*\"what\":\"$2\",.*\"value\":\([0-9.]*\),.*/\1/p" "$1" | tail -n1
@@ -173,13 +178,17 @@ figure() {
 
 # One new device ($1 its directory, $2 mode, $3 tag), with the server's count of bytes served.
 ready() {
-    local before after
+    local before after cpu_before cpu_after
     before=$(served)
+    cpu_before=$(server_cpu)
     collect "$BIN/bench_snapshot" ready "$URL" "$USER_NAME" "$1" "$D/d0" "$2" "$3" || {
         log "the new device ($2) failed or its state differs"
         exit 1
     }
     after=$(served)
+    cpu_after=$(server_cpu)
+    printf '{"bench":"recsync","backend":"%s","workload":"%s","what":"server_cpu_ms","mode":"%s","n":%s,"value":%s,"unit":"ms"}\n' \
+        "$BACKEND" "$3" "$2" "$N" "$((cpu_after - cpu_before))" | tee -a "$RESULTS"
     printf '{"bench":"recsync","backend":"%s","workload":"%s","what":"served_bytes","mode":"%s","n":%s,"value":%s,"unit":"bytes"}\n' \
         "$BACKEND" "$3" "$2" "$N" "$((after - before))" | tee -a "$RESULTS"
 }
