@@ -193,8 +193,8 @@ static void history_turn(rs_store *s, added *a, long batch, long *written)
     for (long i = 0; i < batch; i++) {
         long n = *written + i;
         rs_history_entry e = {0};
-        snprintf(command, sizeof(command), "git commit -am 'change %ld' && make -j2 test-%ld",
-                 n, n % 97);
+        snprintf(command, sizeof(command), "git commit -am 'change %ld' && make -j2 test-%ld", n,
+                 n % 97);
         snprintf(cwd, sizeof(cwd), "/home/bench/src/project-%ld", n % 31);
         e.command = command;
         e.cwd = cwd;
@@ -277,8 +277,7 @@ static int cmd_workload(const char *url, const char *user, const char *dir, long
     emit("snapshots_written_ms", n, tot.snapshot_ms, "ms");
     if (tot.snapshots > 0) {
         emit("snapshot_write_ms_mean", n, tot.snapshot_ms / (double)tot.snapshots, "ms");
-        emit("snapshot_bytes_mean", n, (double)tot.snapshot_bytes / (double)tot.snapshots,
-             "bytes");
+        emit("snapshot_bytes_mean", n, (double)tot.snapshot_bytes / (double)tot.snapshots, "bytes");
         emit("snapshot_chunks_max", n, (double)tot.snapshot_chunks_max, "chunks");
     }
     for (long d = 0; d < devices; d++) {
@@ -488,8 +487,8 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "kv") == 0 && argc == 10 && atol(argv[5]) > 0 && atol(argv[6]) > 0 &&
         devices_ok(argv[7]) && atol(argv[8]) > 0) {
         workload = "kv";
-        return cmd_workload(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]),
-                            atol(argv[7]), atol(argv[8]), strtoull(argv[9], NULL, 10));
+        return cmd_workload(argv[2], argv[3], argv[4], atol(argv[5]), atol(argv[6]), atol(argv[7]),
+                            atol(argv[8]), strtoull(argv[9], NULL, 10));
     }
     if (strcmp(cmd, "history") == 0 && argc == 9 && atol(argv[5]) > 0 && devices_ok(argv[6]) &&
         atol(argv[7]) > 0) {
