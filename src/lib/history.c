@@ -208,7 +208,9 @@ static int fts_write(history_state *hs, sqlite3_stmt *st, int64_t rid, const cha
 static int write_row(int64_t *out, history_state *hs, const row *r, int64_t old_rid)
 {
     sqlite3_stmt *st = old_rid < 0 ? hs->st_insert : hs->st_update;
-    int64_t rid = wanted_rid(r->time_ms, &r->id);
+    /* A tombstone has no time: over a row it keeps the row's place (time 0 for
+       every tombstone put them all near rowid 0, and the 4097th found none). */
+    int64_t rid = r->command == NULL && old_rid >= 0 ? old_rid : wanted_rid(r->time_ms, &r->id);
     int rc;
 
     for (int probe = 0; probe < RID_PROBES; probe++, rid++) {
