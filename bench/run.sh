@@ -16,6 +16,8 @@
 #   BENCH_PG          0: skip the PostgreSQL leg (default 1 when initdb is found)
 #   BENCH_PG_BIN      PostgreSQL's bin directory (default: the newest /usr/lib/postgresql/*/bin)
 #   BENCH_PG_SYNC_COMMIT  the cluster's synchronous_commit (default on, PostgreSQL's own default)
+#   BENCH_SNAPSHOT    1: also run bench/snapshot.sh (snapshots and pruning) at the end (default 0)
+#   BENCH_SNAPSHOT_N  its writes per workload (default 1000000)
 #
 # stdout: one JSON line per measurement,
 #   {"bench":"recsync","what":"push","n":100000,"value":51234.5,"unit":"records/s"}
@@ -308,4 +310,10 @@ fi
 
 # --------------------------------------------------------------- ratios ----
 python3 "$REPO/bench/ratios.py" "$N" <"$RESULTS"
+
+# ------------------------------------------------------------ snapshots ----
+if [ "${BENCH_SNAPSHOT:-0}" = 1 ]; then
+    log "snapshots and pruning: bench/snapshot.sh ${BENCH_SNAPSHOT_N:-1000000}"
+    BENCH_BUILD_DIR=$BUILD "$REPO/bench/snapshot.sh" "${BENCH_SNAPSHOT_N:-1000000}"
+fi
 log "done"

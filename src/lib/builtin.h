@@ -30,6 +30,8 @@ int rs__checkpoint_register(rs_store *store);
 int rs__history_snapshot_write(sqlite3 *db, int (*emit)(void *ctx, const void *item, size_t len),
                                void *emit_ctx, void *payload);
 int rs__history_snapshot_load(sqlite3 *db, const uint8_t *item, size_t len, void *payload);
+/* history.c: one loaded row, with the history store's kept statements (payload: its state). */
+int rs__history_load_row(void *payload, const uint8_t *item, size_t len);
 
 /*
  * For an apply function given a record whose payload does not parse: keeps

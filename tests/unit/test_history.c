@@ -523,6 +523,28 @@ static void history_rebuild_reproduces_state_and_index(void **state)
     rs_store_free(a);
 }
 
+/* More deletes than one millisecond's 4096 rowids: each tombstone keeps its entry's place. */
+static void history_many_deletes_all_find_a_place(void **state)
+{
+    fixture *f = *state;
+    rs_store *a = test_init_store(f->a, NULL);
+    static rs_uuid ids[5000];
+    text_out t;
+
+    OK(rs_store_begin(a));
+    for (int i = 0; i < 5000; i++)
+        ids[i] = add(a, "make", 1700000000000 + i);
+    for (int i = 0; i < 5000; i++)
+        OK(rs_history_delete(a, &ids[i]));
+    OK(rs_store_commit(a));
+    t = list(a, 0);
+    assert_string_equal(t.s, "");
+    OK(rs_store_rebuild(a, RS_HISTORY_TAG));
+    t = list(a, 0);
+    assert_string_equal(t.s, "");
+    rs_store_free(a);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
 
 int main(void)
@@ -540,6 +562,7 @@ int main(void)
         T(history_import_joins_the_callers_transaction),
         T(history_two_creates_of_one_id_converge),
         T(history_rebuild_reproduces_state_and_index),
+        T(history_many_deletes_all_find_a_place),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
