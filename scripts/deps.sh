@@ -8,7 +8,11 @@ packages=(
     libsqlite3-dev sqlite3 libsodium-dev libcurl4-openssl-dev libmicrohttpd-dev
     libjansson-dev libpq-dev libcmocka-dev postgresql
     python3 clang libclang-rt-dev valgrind wrk procps
+    # bench/run.sh: hyperfine, and node for the PouchDB and Hypercore peers
+    hyperfine nodejs
 )
+# Debian's nodejs leaves npm to its own package; NodeSource's provides it.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
