@@ -132,6 +132,7 @@ class FaultProxy:
         self.overtaken = 0
         self.acked = {}
         self.acked_posts = 0
+        self.statuses = {}  # status code of each answer from the server -> count
         self.requests = 0
         self.forwarded = 0  # requests that reached the server, for reorder
         self.late = []  # requests to replay later
@@ -201,7 +202,10 @@ class FaultProxy:
         return rraw, ubuf
 
     def _note(self, raw, rraw):
-        """Counts the records of a POST /api/v1/records the server answered 200."""
+        """Counts the answer's status and the records of a POST /api/v1/records the server answered 200."""
+        with self.lock:
+            code = rraw[9:12].decode("ascii", "replace")
+            self.statuses[code] = self.statuses.get(code, 0) + 1
         if not raw.startswith(b"POST /api/v1/records ") or not rraw.startswith(b"HTTP/1.1 200"):
             return
         try:
