@@ -40,13 +40,14 @@ if [ "${SKIP_TSAN:-0}" != 1 ]; then
     cmake -S . -B "$build/tsan" -DCMAKE_BUILD_TYPE=Debug -DRS_SANITIZE=thread -DRS_WERROR=ON >/dev/null
     cmake --build "$build/tsan" -j"$jobs"
     # The property tests run the PostgreSQL leg's reduced scenario count;
-    # test_cli_store (one thread; its 100k-line append has a wall-time
-    # bound TSan's slowdown breaks) runs under ASan only.
+    # test_cli_store and test_history_sync (100k-line appends and imports
+    # in one thread, with wall-time bounds TSan's 5-15x slowdown breaks)
+    # run under ASan only.
     # shellcheck disable=SC2086
     TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$root/tests/tsan.supp" \
         RS_CONV_SCENARIOS=40 RS_CONV_CLI_SCENARIOS=2 \
         ctest --test-dir "$build/tsan" --output-on-failure -j2 -L 'unit|sqlite' \
-        -E '^integration\.test_cli_store$' ${CTEST_ARGS:-}
+        -E '^integration\.(test_cli_store|test_history_sync)$' ${CTEST_ARGS:-}
     echo "tsan: $(($(date +%s) - tsan_start))s"
 fi
 
