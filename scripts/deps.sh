@@ -8,10 +8,14 @@ packages=(
     libsqlite3-dev sqlite3 libsodium-dev libcurl4-openssl-dev libmicrohttpd-dev
     libjansson-dev libpq-dev libcmocka-dev postgresql
     python3 clang libclang-rt-dev valgrind wrk procps
+    # bench/run.sh: hyperfine, and node for the PouchDB and Hypercore peers
+    hyperfine nodejs
     # the shell history tests (tests/integration/test_shell_hooks.py) type into
     # real shells in tmux and search with fzf
     tmux zsh bash fish fzf util-linux
 )
+# Debian's nodejs leaves npm to its own package; NodeSource's provides it.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

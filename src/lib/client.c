@@ -20,6 +20,7 @@ struct rs_client {
     rs_buf body;     /* the last response */
     int overflow;    /* the response outgrew max_response */
     int write_error; /* out of memory storing the response */
+    int head_done;   /* the answer's header block ended (its blank line came) */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -35,6 +36,22 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata)
         c->write_error = 1;
         return 0;
     }
+    return n;
+}
+
+/*
+ * Notes the blank line that ends a header block. curl takes a connection
+ * closed inside the headers after the status line as a complete, empty
+ * answer; without the blank line it is a lost answer, not the server's.
+ */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    rs_client *c = userdata;
+    size_t n = size * nmemb;
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0)
+        c->head_done = 0;
+    else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n'))
+        c->head_done = 1;
     return n;
 }
 
@@ -93,6 +110,8 @@ int rs__client_new(rs_client **out, const char *url, const char *token, const rs
     rs__curl_ptr(c->curl, CURLOPT_HTTPHEADER, c->headers);
     rs__curl_write_fn(c->curl, on_write);
     rs__curl_ptr(c->curl, CURLOPT_WRITEDATA, c);
+    rs__curl.easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, on_header);
+    rs__curl_ptr(c->curl, CURLOPT_HEADERDATA, c);
     rs__curl_ptr(c->curl, CURLOPT_ERRORBUFFER, c->errbuf);
     rs__curl_long(c->curl, CURLOPT_TCP_NODELAY, 1L);
     rs__curl_long(c->curl, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -276,9 +295,13 @@ int rs__client_request(const rs_buf **out, long *status, rs_client *c, const cha
     }
     for (int attempt = 0;; attempt++) {
         rs_buf_clear(&c->body);
-        c->overflow = c->write_error = 0;
+        c->overflow = c->write_error = c->head_done = 0;
         c->errbuf[0] = '\0';
         rc = rs__curl.easy_perform(c->curl);
+        if (rc == CURLE_OK && !c->head_done) {
+            rc = CURLE_PARTIAL_FILE;
+            snprintf(c->errbuf, sizeof(c->errbuf), "the connection closed inside the answer's headers");
+        }
         if (attempt == 0 && retry && is_lost_response(rc) && !c->overflow && !c->write_error) {
             rs__curl_long(c->curl, CURLOPT_FRESH_CONNECT, 1L);
             continue;

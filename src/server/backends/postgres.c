@@ -13,7 +13,9 @@
  * A broken connection (PostgreSQL restarted or gone) gives RS_EUNAVAIL
  * (503) and is dropped from the pool; idle connections are checked before
  * reuse, and new ones are opened on demand, so service comes back by itself
- * when PostgreSQL does.
+ * when PostgreSQL does. With a multi-host URL (host=a,b and
+ * target_session_attrs=read-write) every new connection goes to whichever
+ * host is the primary now, so service also comes back after a failover.
  */
 #include "../backend.h"
 #include "postgres_int.h"
@@ -219,8 +221,10 @@ static int pg_error(conn *c, const PGresult *r, const char *what)
     char msg[256];
     first_line(msg, sizeof(msg),
                r && PQresultErrorMessage(r)[0] ? PQresultErrorMessage(r) : PQerrorMessage(c->pg));
+    /* 25006: a read-only server (a standby, or a demoted primary): reconnect, and libpq's
+     * target_session_attrs=read-write finds the primary among the URL's hosts. */
     if (PQstatus(c->pg) == CONNECTION_BAD || state == NULL || strncmp(state, "08", 2) == 0 ||
-        strncmp(state, "57P", 3) == 0) {
+        strncmp(state, "57P", 3) == 0 || strcmp(state, "25006") == 0) {
         c->broken = 1;
         return rs__error(RS_EUNAVAIL, "PostgreSQL unavailable while %s: %s", what,
                          msg[0] ? msg : "connection lost");
