@@ -52,7 +52,8 @@ static int host_cmp(const void *a, const void *b)
 static void frontier_digest(uint8_t *out, rs_index *frontier)
 {
     crypto_generichash_state st;
-    qsort(frontier->shards, frontier->count, sizeof(rs_shard), host_cmp);
+    if (frontier->count > 1) /* an empty frontier has no array at all */
+        qsort(frontier->shards, frontier->count, sizeof(rs_shard), host_cmp);
     crypto_generichash_init(&st, NULL, 0, DIGEST_BYTES);
     for (size_t i = 0; i < frontier->count; i++) {
         uint8_t end[8];
