@@ -70,7 +70,8 @@ static int host_cmp(const void *a, const void *b)
 static void frontier_digest(uint8_t *out, rs_index *frontier)
 {
     crypto_generichash_state st;
-    qsort(frontier->shards, frontier->count, sizeof(rs_shard), host_cmp);
+    if (frontier->count > 1) /* an empty frontier has no array at all */
+        qsort(frontier->shards, frontier->count, sizeof(rs_shard), host_cmp);
     crypto_generichash_init(&st, NULL, 0, DIGEST_BYTES);
     for (size_t i = 0; i < frontier->count; i++) {
         uint8_t end[8];
@@ -622,10 +623,51 @@ static int upload_one(rs_client *client, rs_store *store, const pending *p)
     return done_step(store, st, "noting a snapshot uploaded");
 }
 
+/*
+ * Whether pending snapshot `p` covers a shard only below where the server
+ * now starts it (a store that fell behind while the others pruned: a
+ * `recsync snapshot` before its next sync). No device could ever load it
+ * (a loader needs the records between), and uploaded it would be the
+ * newest and push a usable one out of the server's retention, leaving new
+ * and returning devices with no snapshot to start from. It is kept here
+ * (it may be this store's compaction base) and noted as done, never sent:
+ * 1 stale, 0 not, < 0 an error.
+ */
+static int below_start(rs_store *store, const pending *p, const rs_index *remote)
+{
+    char id[RS_UUID_STRLEN + 1], name[SHARD_NAME];
+    rs_index *f = NULL;
+    sqlite3_stmt *st = NULL;
+    int err, stale = 0;
+    if ((err = frontier_parse_text(&f, p->frontier, p->sk.tag)) < 0)
+        return err;
+    for (size_t i = 0; remote && i < remote->count && !stale; i++) {
+        const rs_shard *rs = &remote->shards[i];
+        if (strcmp(rs->tag, p->sk.tag) != 0 || frontier_end(f, &rs->host) >= rs->start)
+            continue;
+        stale = 1;
+        rs_uuid_format(id, &p->sk.id);
+        rs__shard_name(name, sizeof(name), &rs->host, rs->tag);
+        rs__warn(store,
+                 "snapshot %s of %s covers shard %s only up to idx %llu, below where the server "
+                 "starts it (%llu): not uploaded (sync, then write a snapshot)",
+                 id, p->sk.tag, name, (unsigned long long)frontier_end(f, &rs->host),
+                 (unsigned long long)rs->start);
+    }
+    rs_index_free(f);
+    if (!stale)
+        return 0;
+    if ((err = prep(store, &st, "UPDATE snapshots SET uploaded = 1 WHERE id = ?1")) < 0)
+        return err;
+    sqlite3_bind_blob(st, 1, p->sk.id.bytes, 16, SQLITE_STATIC);
+    return (err = done_step(store, st, "noting a stale snapshot")) < 0 ? err : 1;
+}
+
 int rs__snapshot_push(uint64_t *out, rs_store *store, rs_client *client)
 {
     sqlite3_stmt *st = NULL;
     pending *list = NULL;
+    rs_index *remote = NULL;
     size_t count = 0, cap = 0;
     uint64_t n = 0;
     int rc, err;
@@ -656,9 +698,16 @@ int rs__snapshot_push(uint64_t *out, rs_store *store, rs_client *client)
             err = rs__error(RS_ENOMEM, "out of memory");
     }
     sqlite3_finalize(st);
-    for (size_t i = 0; i < count && err == 0; i++)
-        if ((err = upload_one(client, store, &list[i])) == 0)
+    if (err == 0 && count > 0)
+        err = rs__fetch_index(&remote, client);
+    for (size_t i = 0; i < count && err == 0; i++) {
+        int stale = below_start(store, &list[i], remote);
+        if (stale < 0)
+            err = stale;
+        else if (stale == 0 && (err = upload_one(client, store, &list[i])) == 0)
             n++;
+    }
+    rs_index_free(remote);
     for (size_t i = 0; i < count; i++)
         rs_free(list[i].frontier);
     rs_free(list);

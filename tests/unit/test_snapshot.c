@@ -206,6 +206,27 @@ static void snapshot_of_an_unknown_tag_is_refused(void **state)
     rs_store_free(a);
 }
 
+/*
+ * A snapshot of a tag the store holds nothing of yet (a device's first
+ * `recsync snapshot`, or history on a device that only wrote kv): an empty
+ * state at an empty frontier, written without touching a NULL array
+ * (UBSan caught qsort(NULL, 0, ...) in frontier_digest here).
+ */
+static void snapshot_of_an_empty_tag(void **state)
+{
+    test_fixture *f = *state;
+    rs_store *a = test_init_store(f->a, NULL);
+    rs_snapshot_info info;
+    OK(rs_snapshot_write(&info, a, RS_HISTORY_TAG));
+    assert_int_equal(info.covered, 0);
+    assert_int_equal(info.items, 0);
+    assert_int_equal(info.chunks, 1);
+    OK(rs_kv_set(a, "ns", "k", "v"));
+    OK(rs_snapshot_write(&info, a, RS_KV_TAG));
+    assert_int_equal(info.covered, 1);
+    rs_store_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +240,7 @@ int main(void)
                                         test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(snapshot_of_an_unknown_tag_is_refused, test_setup,
                                         test_teardown),
+        cmocka_unit_test_setup_teardown(snapshot_of_an_empty_tag, test_setup, test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
