@@ -59,6 +59,8 @@ const char *rs_strerror(int code)
         return "server temporarily unavailable";
     case RS_EQUOTA:
         return "storage quota exceeded";
+    case RS_ERETIRED:
+        return "this device was retired from the account";
     default:
         return "unknown error";
     }

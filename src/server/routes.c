@@ -70,7 +70,7 @@ int rs_route_register(rs_reply *out, struct MHD_Connection *conn, const char *bo
         goto done;
     rs_auth_new_token(token_text, &token);
     if ((err = rs_srv.backend->ops->user_create(rs_srv.backend, &user, creds.username, pwhash,
-                                                &creds.host, &token)) < 0)
+                                                &creds.host, &token, creds.name)) < 0)
         goto done;
     err = token_reply(out, 201, token_text, creds.username);
 done:
@@ -99,8 +99,8 @@ int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body,
                              conn, &out->retry_after_s)) < 0)
         goto done;
     rs_auth_new_token(token_text, &token);
-    if ((err = rs_srv.backend->ops->device_bind(rs_srv.backend, account.user, &creds.host,
-                                                &token)) < 0)
+    if ((err = rs_srv.backend->ops->device_bind(rs_srv.backend, account.user, &creds.host, &token,
+                                                creds.name)) < 0)
         goto done;
     rs_auth_forget_device(&creds.host); /* its previous token, if cached */
     err = token_reply(out, 200, token_text, creds.username);
