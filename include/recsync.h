@@ -13,5 +13,6 @@
 #include "recsync/snapshot.h"
 #include "recsync/kv.h"
 #include "recsync/history.h"
+#include "recsync/devices.h"
 
 #endif

@@ -52,7 +52,8 @@ typedef enum rs_error_code {
     RS_EINTR = -20,    /* interrupted by the caller */
     RS_EUNAVAIL = -21, /* the server is temporarily unable to serve (503) */
     RS_EQUOTA = -22,   /* the account's storage quota on the server is used up (507) */
-    RS_ECHAIN = -23    /* a shard's hash chain breaks: the server dropped, forked or rolled back */
+    RS_ECHAIN = -23,   /* a shard's hash chain breaks: the server dropped, forked or rolled back */
+    RS_ERETIRED = -24  /* this device was retired from the account (401 device_retired) */
 } rs_error_code;
 
 /* A static description of an error code ("record does not open", ...). */

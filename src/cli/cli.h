@@ -43,6 +43,11 @@ bool cli_parse_ul(unsigned long *out, const char *text, unsigned long min, unsig
 /* Opens the store at c->dir, printing the error on failure. */
 int cli_open(rs_store **out, cli *c);
 
+/* Reads one line of stdin into buf (without its newline); -1 at EOF or on error. */
+int cli_read_line(char *buf, size_t size);
+/* Prompts on stderr and reads a line from the terminal on stdin without echo. */
+int cli_prompt_hidden(char *buf, size_t size, const char *prompt);
+
 /* Reads all of `f` into a NUL-terminated buffer (free with free()). */
 int cli_read_all(char **out, size_t *out_len, FILE *f);
 
@@ -67,6 +72,9 @@ int cmd_status(cli *c, int argc, char **argv);
 int cmd_watch(cli *c, int argc, char **argv);
 int cmd_repair(cli *c, int argc, char **argv);
 int cmd_snapshot(cli *c, int argc, char **argv);
+int cmd_devices(cli *c, int argc, char **argv);
+int cmd_logout(cli *c, int argc, char **argv);
+int cmd_account(cli *c, int argc, char **argv);
 
 /* Shell integration (cmd_shell.c): `init SHELL`, the hooks' history start/end/session. */
 int cmd_init_shell(cli *c, int argc, char **argv);

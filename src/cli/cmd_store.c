@@ -40,7 +40,9 @@ int cmd_key(cli *c, int argc, char **argv)
         "usage: recsync [--dir DIR] key export | key import\n"
         "export: prints the master key as text.\n"
         "import: reads a key from stdin; creates the store with it if DIR has none,\n"
-        "        else replaces the key of a store that holds no records it cannot open.\n";
+        "        else replaces the key of a store that holds no records it cannot open;\n"
+        "        a store logged in to a server first checks one of the server's records\n"
+        "        opens under the new key (else nothing is written; both key ids named).\n";
     rs_store *store = NULL;
     char *text = NULL;
     size_t len;
@@ -78,7 +80,7 @@ int cmd_key(cli *c, int argc, char **argv)
             printf("initialized store in %s with the imported key\n", c->dir);
     } else if (err < 0) {
         rc = cli_fail("key import", err);
-    } else if ((err = rs_store_key_import(store, text)) < 0) {
+    } else if ((err = rs_key_import_checked(store, text)) < 0) {
         rc = cli_fail("key import", err);
     } else {
         char key_id[RS_KEY_ID_STRLEN + 1];

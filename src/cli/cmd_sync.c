@@ -12,8 +12,7 @@
 
 #define PASSWORD_MAX 1024
 
-/* Reads one line of stdin into buf (without its newline); -1 at EOF or on error. */
-static int read_line(char *buf, size_t size)
+int cli_read_line(char *buf, size_t size)
 {
     size_t n;
     if (fgets(buf, (int)size, stdin) == NULL)
@@ -28,8 +27,7 @@ static int read_line(char *buf, size_t size)
     return 0;
 }
 
-/* Prompts on stderr and reads a line from the terminal on stdin without echo. */
-static int prompt_hidden(char *buf, size_t size, const char *prompt)
+int cli_prompt_hidden(char *buf, size_t size, const char *prompt)
 {
     struct termios old, quiet;
     int rc, restore = tcgetattr(STDIN_FILENO, &old) == 0;
@@ -41,7 +39,7 @@ static int prompt_hidden(char *buf, size_t size, const char *prompt)
         quiet.c_lflag |= ECHONL;
         tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
     }
-    rc = read_line(buf, size);
+    rc = cli_read_line(buf, size);
     if (restore)
         tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
     return rc;
@@ -62,13 +60,13 @@ static int get_password(char *buf, size_t size, const char *user, const char *ur
         return 0;
     }
     if (!isatty(STDIN_FILENO))
-        return read_line(buf, size) == 0 && *buf ? 0 : -1;
+        return cli_read_line(buf, size) == 0 && *buf ? 0 : -1;
     snprintf(prompt, sizeof(prompt), "password for %s at %s: ", user, url);
-    if (prompt_hidden(buf, size, prompt) != 0 || *buf == '\0')
+    if (cli_prompt_hidden(buf, size, prompt) != 0 || *buf == '\0')
         return -1;
     if (!confirm)
         return 0;
-    if (prompt_hidden(again, sizeof(again), "again: ") != 0 || strcmp(again, buf) != 0) {
+    if (cli_prompt_hidden(again, sizeof(again), "again: ") != 0 || strcmp(again, buf) != 0) {
         memset(again, 0, sizeof(again));
         fprintf(stderr, "recsync: the passwords differ\n");
         return -1;
@@ -80,23 +78,30 @@ static int get_password(char *buf, size_t size, const char *user, const char *ur
 static int account_cmd(cli *c, int argc, char **argv, bool create)
 {
     const char *name = create ? "register" : "login";
-    char usage[600];
+    char usage[1200];
     static const struct option opts[] = {{"server", required_argument, NULL, 's'},
                                          {"user", required_argument, NULL, 'u'},
+                                         {"name", required_argument, NULL, 'n'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    const char *server = NULL, *user = NULL;
+    const char *server = NULL, *user = NULL, *devname = NULL;
     char password[PASSWORD_MAX + 2], host[RS_UUID_STRLEN + 1];
     rs_store *store = NULL;
     rs_uuid id;
     int opt, err, rc = EXIT_OK;
 
     snprintf(usage, sizeof(usage),
-             "usage: recsync [--dir DIR] %s --server URL --user NAME\n"
+             "usage: recsync [--dir DIR] %s --server URL --user NAME [--name DEVICE]\n"
              "%s, binding this device's host id to the account; keeps the server,\n"
              "user and this device's token in the store. The password comes from\n"
-             "$RECSYNC_PASSWORD, else a prompt (without echo), else a line of stdin.\n",
-             name, create ? "Creates an account on the server" : "Logs in to an existing account");
+             "$RECSYNC_PASSWORD, else a prompt (without echo), else a line of stdin.\n"
+             "--name names this device in 'recsync devices' (default: the hostname).\n%s",
+             name, create ? "Creates an account on the server" : "Logs in to an existing account",
+             create ? ""
+                    : "Before keeping the token, one of the server's records must open under\n"
+                      "this store's key; else nothing is written (exit 1, both key ids named).\n"
+                      "A retired device may log in again to rejoin: it is active again, loads\n"
+                      "a snapshot if the server pruned past it, and uploads what it wrote.\n");
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
@@ -105,6 +110,9 @@ static int account_cmd(cli *c, int argc, char **argv, bool create)
             break;
         case 'u':
             user = optarg;
+            break;
+        case 'n':
+            devname = optarg;
             break;
         default:
             return cli_other_option(opt, usage, "bad option");
@@ -123,8 +131,9 @@ static int account_cmd(cli *c, int argc, char **argv, bool create)
         rs_store_free(store);
         return EXIT_FAIL;
     }
-    err = create ? rs_register(store, server, user, password)
-                 : rs_login(store, server, user, password);
+    rs_login_opts lopts = {.device_name = devname};
+    err = create ? rs_register_ex(store, server, user, password, &lopts)
+                 : rs_login_ex(store, server, user, password, &lopts);
     memset(password, 0, sizeof(password));
     if (err < 0) {
         rc = cli_fail(name, err);

@@ -15,8 +15,11 @@ static const char usage_text[] =
     "  init                        create a store, host id and master key in DIR\n"
     "  init zsh|bash|fish          the shell hook: eval \"$(recsync init zsh)\"\n"
     "  key export | key import     the master key as text on stdout / from stdin\n"
-    "  register|login --server URL --user NAME\n"
+    "  register|login --server URL --user NAME [--name DEVICE]\n"
     "                              password from $RECSYNC_PASSWORD or a prompt\n"
+    "  logout                      revoke this device's token and forget it\n"
+    "  devices [--json]            the account's devices; devices rename|retire ...\n"
+    "  account password|delete     change the password; delete the account\n"
     "  append TAG [--lines]        a record from stdin; prints its id\n"
     "  log [--tag T] [--json]      records' metadata\n"
     "  cat ID                      a record's decrypted payload\n"
@@ -39,18 +42,28 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"init", cmd_init},       {"key", cmd_key},           {"append", cmd_append},
-    {"log", cmd_log},         {"cat", cmd_cat},           {"verify", cmd_verify},
-    {"rebuild", cmd_rebuild}, {"register", cmd_register}, {"login", cmd_login},
-    {"sync", cmd_sync},       {"status", cmd_status},     {"kv", cmd_kv},
-    {"history", cmd_history}, {"watch", cmd_watch},       {"repair", cmd_repair},
-    {"snapshot", cmd_snapshot},
+    {"init", cmd_init},         {"key", cmd_key},           {"append", cmd_append},
+    {"log", cmd_log},           {"cat", cmd_cat},           {"verify", cmd_verify},
+    {"rebuild", cmd_rebuild},   {"register", cmd_register}, {"login", cmd_login},
+    {"sync", cmd_sync},         {"status", cmd_status},     {"kv", cmd_kv},
+    {"history", cmd_history},   {"watch", cmd_watch},       {"repair", cmd_repair},
+    {"snapshot", cmd_snapshot}, {"devices", cmd_devices},   {"logout", cmd_logout},
+    {"account", cmd_account},
 };
 
 int cli_fail(const char *what, int err)
 {
     const char *msg = rs_error_last();
     fprintf(stderr, "recsync: %s: %s\n", what, *msg ? msg : rs_strerror(err));
+    if (err == RS_ERETIRED)
+        fprintf(stderr,
+                "recsync: this device was retired from the account (recsync devices retire, on "
+                "another device): the server refuses its token. To rejoin, log in again\n"
+                "  (recsync login --server URL --user NAME): the device is then active again, "
+                "loads a snapshot if the server pruned past it, and uploads what it wrote "
+                "meanwhile.\n"
+                "  Or start afresh: a new store (--dir NEW), 'recsync key import' there, then "
+                "'recsync login'.\n");
     return EXIT_FAIL;
 }
 

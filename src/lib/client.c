@@ -183,7 +183,7 @@ static int code_of(const char *name)
         {"resync_required", RS_EGONE}, {"too_big", RS_ETOOBIG},
         {"bad_envelope", RS_ECRYPTO},  {"wrong_key", RS_EKEY},
         {"clock", RS_ECLOCK},          {"version", RS_EVERSION},
-        {"unavailable", RS_EUNAVAIL},
+        {"unavailable", RS_EUNAVAIL},  {"device_retired", RS_ERETIRED},
     };
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (strcmp(name, table[i].name) == 0)
@@ -225,7 +225,9 @@ static int http_error(rs_client *c, long status, const char *method, const char 
                          c->base, method, path, status, where);
     }
     int code;
-    if (status == 401 || status == 403 || status == 429)
+    if (status == 401 && named == RS_ERETIRED)
+        code = RS_ERETIRED;
+    else if (status == 401 || status == 403 || status == 429)
         code = RS_EAUTH;
     else if (status == 409)
         code = named == RS_EEXISTS || named == RS_EHOLE ? named : RS_ECONFLICT;

@@ -37,6 +37,7 @@ const char *rs__client_url(const rs_client *client);
  * request. Otherwise a code with a message naming the server URL, the
  * request and what went wrong:
  *   cannot connect, timeout, connection lost  RS_ENET
+ *   401 device_retired                        RS_ERETIRED
  *   401, 403, 429                             RS_EAUTH (the server's message)
  *   409                                       RS_ECONFLICT, RS_EEXISTS or RS_EHOLE
  *   410                                       RS_EGONE
@@ -68,5 +69,18 @@ int rs__fetch_index(rs_index **out, rs_client *client);
  */
 int rs__fetch_record(rs_wire_batch *one, rs_client *client, const rs_uuid *host, const char *tag,
                      uint64_t idx);
+
+/* From account.c. */
+
+/*
+ * After the server at `url` accepted a login (token `token`): fetches one
+ * of the server's records (the last of another device's shard, else of
+ * this device's) and checks it opens under the store's key; RS_EKEY
+ * naming both key ids, and then this device is retired again (POST
+ * /api/v1/devices/retire: its new token refused, no hold on pruning)
+ * since the store will not keep the token. 0 when the server holds no
+ * record to check.
+ */
+int rs__login_key_check(rs_store *store, const char *url, const char *token);
 
 #endif

@@ -61,6 +61,8 @@ const char *rs_strerror(int code)
         return "storage quota exceeded";
     case RS_ECHAIN:
         return "hash chain broken: the server dropped, forked or rolled back records";
+    case RS_ERETIRED:
+        return "this device was retired from the account";
     default:
         return "unknown error";
     }

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define SHARD_NAME (RS_UUID_STRLEN + RS_TAG_MAX + 2)
 #define PIPE_SLOTS 3
@@ -63,14 +64,40 @@ static uint64_t monotonic_ms(void)
 
 /* ---- accounts ---- */
 
+/* The device's name for the server: `name`, else the hostname (control characters dropped). */
+static void device_name(char *out, size_t size, const char *name)
+{
+    char host[256] = "", all[512];
+    size_t n = 0, len = 0;
+    if (name == NULL || *name == '\0') {
+        if (gethostname(host, sizeof(host) - 1) != 0)
+            host[0] = '\0';
+        name = host;
+    }
+    for (const char *p = name; *p && len + 1 < sizeof(all); p++)
+        if ((unsigned char)*p >= 0x20 && *p != 0x7f)
+            all[len++] = *p;
+    all[len] = '\0';
+    n = len < RS_WIRE_DEVICE_NAME_MAX ? len : RS_WIRE_DEVICE_NAME_MAX;
+    if (n + 1 > size)
+        n = size - 1;
+    /* Never cut a UTF-8 sequence in two. */
+    while (n > 0 && n < len && ((unsigned char)all[n] & 0xc0) == 0x80)
+        n--;
+    memcpy(out, all, n);
+    out[n] = '\0';
+}
+
 /*
- * register and login: one POST with the credentials and this device's host
- * id; on success the URL, user and token go into the store in one
- * transaction. A different server or user than before forgets the last
- * sync, which described another account.
+ * register and login: one POST with the credentials, this device's host
+ * id and name; a login then checks the key against one of the server's
+ * records with the new token (a wrong key revokes that token again and
+ * writes nothing). On success the URL, user and token go into the store
+ * in one transaction. A different server or user than before forgets the
+ * last sync, which described another account.
  */
 static int account(rs_store *store, const char *url, const char *username, const char *password,
-                   int create)
+                   const char *name, int create)
 {
     const char *path = create ? "/api/v1/register" : "/api/v1/login";
     rs_client *client = NULL;
@@ -78,6 +105,7 @@ static int account(rs_store *store, const char *url, const char *username, const
     const rs_buf *resp = NULL;
     char *token = NULL, *user = NULL, *old_url = NULL, *old_user = NULL;
     rs_uuid host;
+    char dev_name[RS_WIRE_DEVICE_NAME_MAX + 1];
     int err;
 
     if (username == NULL || !rs_wire_username_valid(username))
@@ -86,9 +114,15 @@ static int account(rs_store *store, const char *url, const char *username, const
     if (password == NULL || *password == '\0' || strlen(password) > RS_WIRE_PASSWORD_MAX)
         return rs__error(RS_EINVAL, "the password for user %s must be 1-%d bytes", username,
                          RS_WIRE_PASSWORD_MAX);
+    if (name && *name && !rs_wire_device_name_valid(name))
+        return rs__error(RS_EINVAL,
+                         "device name '%.70s' is not valid: 1-64 bytes, no control "
+                         "characters",
+                         name);
+    device_name(dev_name, sizeof(dev_name), name);
     rs_store_host(&host, store);
     if ((err = rs__client_new(&client, url, NULL, NULL)) < 0 ||
-        (err = rs_wire_credentials_encode(&body, username, password, &host)) < 0)
+        (err = rs_wire_credentials_encode_named(&body, username, password, &host, dev_name)) < 0)
         goto done;
     if ((err = rs__client_request(&resp, NULL, client, path, body.ptr, body.len, 0)) < 0)
         goto done;
@@ -97,6 +131,8 @@ static int account(rs_store *store, const char *url, const char *username, const
                         rs__client_url(client), path, username, rs_error_last());
         goto done;
     }
+    if (!create && (err = rs__login_key_check(store, rs__client_url(client), token)) < 0)
+        goto done;
     if (rs_store_meta_get(&old_url, store, RS_META_SERVER) < 0)
         old_url = NULL;
     if (rs_store_meta_get(&old_user, store, RS_META_USER) < 0)
@@ -136,12 +172,24 @@ done:
 
 int rs_register(rs_store *store, const char *url, const char *username, const char *password)
 {
-    return account(store, url, username, password, 1);
+    return account(store, url, username, password, NULL, 1);
 }
 
 int rs_login(rs_store *store, const char *url, const char *username, const char *password)
 {
-    return account(store, url, username, password, 0);
+    return account(store, url, username, password, NULL, 0);
+}
+
+int rs_register_ex(rs_store *store, const char *url, const char *username, const char *password,
+                   const rs_login_opts *opts)
+{
+    return account(store, url, username, password, opts ? opts->device_name : NULL, 1);
+}
+
+int rs_login_ex(rs_store *store, const char *url, const char *username, const char *password,
+                const rs_login_opts *opts)
+{
+    return account(store, url, username, password, opts ? opts->device_name : NULL, 0);
 }
 
 /* A client for the store's server and token. RS_EAUTH when it has none. */

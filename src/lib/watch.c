@@ -62,7 +62,9 @@ typedef struct watch {
     struct curl_slist *headers;
     long status;      /* the stream's HTTP status, 0 until known */
     int announced;    /* RS_WATCH_CONNECTED was reported for this stream */
-    int stream_error; /* 1: the stream broke the protocol; 2: it asked for a resync */
+    int stream_error; /* 1: the stream broke the protocol; 2: it asked for a resync;
+                         3: the device was retired (the message in `retired`) */
+    char retired[600];
     rs_buf line;
     rs_buf data;
     char event[32];
@@ -426,10 +428,16 @@ static int dispatch(watch *w)
                                  w->data.len) == 0 &&
             strcmp(name, "resync_required") == 0)
             w->stream_error = 2;
+        else if (strcmp(name, "device_retired") == 0)
+            w->stream_error = 3;
         else
             w->stream_error = 1;
-        ret = rs__error(w->stream_error == 2 ? RS_EGONE : RS_ESERVER,
+        ret = rs__error(w->stream_error == 2   ? RS_EGONE
+                        : w->stream_error == 3 ? RS_ERETIRED
+                                               : RS_ESERVER,
                         "server %s ended the event stream: %s %s", w->url, name, message);
+        if (w->stream_error == 3)
+            snprintf(w->retired, sizeof(w->retired), "%s", rs_error_last());
     }
 done:
     rs_buf_clear(&w->data);
@@ -598,6 +606,8 @@ static int stream_ended(watch *w, CURLcode rc, char *why, size_t why_size)
                  (unsigned long long)w->last_seq);
         return 0;
     }
+    if (w->stream_error == 3)
+        return rs__error(RS_ERETIRED, "%s", w->retired);
     if (status == 200 || status == 0) {
         snprintf(why, why_size, "event stream of %s ended: %s", w->url,
                  w->stream_error  ? rs_error_last()
@@ -625,6 +635,8 @@ static int stream_ended(watch *w, CURLcode rc, char *why, size_t why_size)
     }
     snprintf(why, why_size, "server %s answered GET /api/v1/events with %ld %s: %s", w->url, status,
              name, *message ? message : "(no message)");
+    if (status == 401 && strcmp(name, "device_retired") == 0)
+        return rs__error(RS_ERETIRED, "%s", why);
     if (status == 401 || status == 403)
         return rs__error(RS_EAUTH, "%s", why);
     if (status >= 500 || status == 429)

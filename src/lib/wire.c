@@ -1172,8 +1172,19 @@ int rs_wire_username_valid(const char *name)
     return n >= 1;
 }
 
-int rs_wire_credentials_encode(rs_buf *out, const char *username, const char *password,
-                               const rs_uuid *host)
+int rs_wire_device_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > RS_WIRE_DEVICE_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+int rs_wire_credentials_encode_named(rs_buf *out, const char *username, const char *password,
+                                     const rs_uuid *host, const char *name)
 {
     char h[RS_UUID_STRLEN + 1];
     int err;
@@ -1183,7 +1194,17 @@ int rs_wire_credentials_encode(rs_buf *out, const char *username, const char *pa
         (err = rs_buf_puts(out, ",\"password\":")) < 0 ||
         (err = rs_buf_put_json_string(out, password)) < 0)
         return err;
+    if (name && *name &&
+        ((err = rs_buf_puts(out, ",\"name\":")) < 0 ||
+         (err = rs_buf_put_json_string(out, name)) < 0))
+        return err;
     return rs_buf_printf(out, ",\"host\":\"%s\"}", h);
+}
+
+int rs_wire_credentials_encode(rs_buf *out, const char *username, const char *password,
+                               const rs_uuid *host)
+{
+    return rs_wire_credentials_encode_named(out, username, password, host, NULL);
 }
 
 int rs_wire_credentials_decode(rs_wire_credentials *out, const char *text, size_t len)
@@ -1211,6 +1232,16 @@ int rs_wire_credentials_decode(rs_wire_credentials *out, const char *text, size_
     if (rs_uuid_is_nil(&out->host)) {
         err = rs__error(RS_EINVAL, "host: the nil UUID is not a host id");
         goto done;
+    }
+    const json_t *nm = json_object_get(root, "name");
+    if (nm != NULL && !json_is_null(nm)) {
+        if (!json_is_string(nm) || strlen(json_string_value(nm)) != json_string_length(nm) ||
+            !rs_wire_device_name_valid(json_string_value(nm))) {
+            err = rs__error(RS_EINVAL, "name: not a device name (1-64 bytes, no control "
+                                       "characters)");
+            goto done;
+        }
+        strcpy(out->name, json_string_value(nm));
     }
     strcpy(out->username, json_string_value(u));
     if ((out->password = rs__malloc(json_string_length(p) + 1)) == NULL) {

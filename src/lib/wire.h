@@ -160,21 +160,29 @@ int rs_wire_event_decode(rs_wire_event *out, const char *text, size_t len);
 int rs_wire_frontier_encode(rs_buf *out, const rs_index *frontier);
 int rs_wire_frontier_decode(rs_index **out, const char *text, size_t len);
 
-/* register / login request: {"username", "password", "host"}. */
+/* register / login request: {"username", "password", "host"[, "name"]}. */
 #define RS_WIRE_USERNAME_MAX 64
 #define RS_WIRE_PASSWORD_MAX 1024
+#define RS_WIRE_DEVICE_NAME_MAX 64 /* bytes of UTF-8 */
 
 typedef struct rs_wire_credentials {
     char username[RS_WIRE_USERNAME_MAX + 1];
     char *password; /* rs__malloc'd; wiped and freed by rs_wire_credentials_clear */
     rs_uuid host;
+    char name[RS_WIRE_DEVICE_NAME_MAX + 1]; /* the device's name; "" when not given */
 } rs_wire_credentials;
 
 int rs_wire_credentials_encode(rs_buf *out, const char *username, const char *password,
                                const rs_uuid *host);
+/* As rs_wire_credentials_encode, with the device's `name` (NULL or "": none). */
+int rs_wire_credentials_encode_named(rs_buf *out, const char *username, const char *password,
+                                     const rs_uuid *host, const char *name);
+/* A device name: 1-64 bytes, no control characters (bytes below 0x20, 0x7f). */
+int rs_wire_device_name_valid(const char *name);
 /*
  * Checks the user name is 1-64 characters of [A-Za-z0-9._@+-], the password
- * 1-1024 bytes, the host a UUID other than nil; RS_EINVAL naming the field.
+ * 1-1024 bytes, the host a UUID other than nil, the name (optional) a
+ * device name; RS_EINVAL naming the field.
  */
 int rs_wire_credentials_decode(rs_wire_credentials *out, const char *text, size_t len);
 void rs_wire_credentials_clear(rs_wire_credentials *creds);

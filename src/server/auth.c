@@ -40,6 +40,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <time.h>
 
 #define THROTTLE_SLOTS 4096
 #define THROTTLE_PROBE 8
@@ -90,9 +91,11 @@ static struct {
  * half of an index read). Direct-mapped by the token id, which is random;
  * only tokens that passed the hash check are kept, and each hit compares the
  * presented secret's hash again, in constant time. An entry lives
- * cfg.token_cache_ms; a new login of a device drops its entries at once in
- * this process. Another recsyncd process on the same database keeps
- * accepting the replaced token until its entry expires (docs/deploy.md).
+ * cfg.token_cache_ms; a new login, a logout or a retirement of a device
+ * (and a deleted user) drops its entries at once in this process. Another
+ * recsyncd process on the same database keeps accepting the replaced or
+ * revoked token until its entry expires (docs/deploy.md); its open event
+ * streams ask again at each heartbeat (rs_auth_recheck).
  */
 #define TOKEN_CACHE_SLOTS 4096 /* a power of two */
 
@@ -173,6 +176,18 @@ void rs_auth_forget_device(const rs_uuid *host)
         if (tokens.slots[i].expires_ms && rs_uuid_cmp(&tokens.slots[i].dev.host, host) == 0) {
             sodium_memzero(&tokens.slots[i], sizeof(tokens.slots[i]));
         }
+    pthread_mutex_unlock(&tokens.lock);
+}
+
+void rs_auth_forget_user(int64_t user)
+{
+    if (tokens.slots == NULL)
+        return;
+    pthread_mutex_lock(&tokens.lock);
+    tokens.epoch++;
+    for (size_t i = 0; i < TOKEN_CACHE_SLOTS; i++)
+        if (tokens.slots[i].expires_ms && tokens.slots[i].dev.user == user)
+            sodium_memzero(&tokens.slots[i], sizeof(tokens.slots[i]));
     pthread_mutex_unlock(&tokens.lock);
 }
 
@@ -261,6 +276,47 @@ void rs_auth_new_token(char *text, rs_token *token)
     sodium_memzero(secret, sizeof(secret));
 }
 
+/* The refusal of a retired device's token, naming the device and when. */
+static int retired_error(const rs_device *dev)
+{
+    char h[RS_UUID_STRLEN + 1], when[32] = "?";
+    time_t t = (time_t)(dev->retired_ms / 1000);
+    struct tm tm;
+    rs_uuid_format(h, &dev->host);
+    if (gmtime_r(&t, &tm))
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return rs__error(RS_ERETIRED,
+                     "device %s of user %s was retired at %s (recsync devices retire): its token "
+                     "no longer works",
+                     h, dev->username, when);
+}
+
+/*
+ * The device of token `id` whose secret hashes to `hash`, from the cache
+ * or the database (then cached); the token id is copied into out. The same
+ * RS_EAUTH "unknown token" for every failure; RS_ERETIRED for a retired
+ * device's token.
+ */
+static int authenticate(rs_device *out, const uint8_t *id, const uint8_t *hash)
+{
+    if (token_cache_get(out, id)) {
+        if (sodium_memcmp(hash, out->token_hash, RS_TOKEN_HASH_BYTES) != 0)
+            return rs__error(RS_EAUTH, "unknown token");
+    } else {
+        uint64_t epoch = token_cache_epoch();
+        int err = rs_srv.backend->ops->token_lookup(rs_srv.backend, out, id);
+        if (err == RS_ENOTFOUND)
+            return rs__error(RS_EAUTH, "unknown token");
+        if (err < 0)
+            return err;
+        if (sodium_memcmp(hash, out->token_hash, RS_TOKEN_HASH_BYTES) != 0)
+            return rs__error(RS_EAUTH, "unknown token");
+        token_cache_put(id, out, epoch);
+    }
+    memcpy(out->token_id, id, RS_TOKEN_ID_BYTES);
+    return out->retired_ms ? retired_error(out) : 0;
+}
+
 /*
  * Parses "Token <id hex><secret hex>", looks the id up and compares the
  * hash of the secret in constant time. Every failure is the same RS_EAUTH
@@ -288,20 +344,13 @@ int rs_auth_device(rs_device *out, struct MHD_Connection *conn)
         return rs__error(RS_EAUTH, "unknown token");
     crypto_generichash(hash, sizeof(hash), secret, sizeof(secret), NULL, 0);
     sodium_memzero(secret, sizeof(secret));
-    if (token_cache_get(out, id))
-        return sodium_memcmp(hash, out->token_hash, sizeof(hash)) == 0
-                   ? 0
-                   : rs__error(RS_EAUTH, "unknown token");
-    uint64_t epoch = token_cache_epoch();
-    int err = rs_srv.backend->ops->token_lookup(rs_srv.backend, out, id);
-    if (err == RS_ENOTFOUND)
-        return rs__error(RS_EAUTH, "unknown token");
-    if (err < 0)
-        return err;
-    if (sodium_memcmp(hash, out->token_hash, sizeof(hash)) != 0)
-        return rs__error(RS_EAUTH, "unknown token");
-    token_cache_put(id, out, epoch);
-    return 0;
+    return authenticate(out, id, hash);
+}
+
+int rs_auth_recheck(const rs_device *dev)
+{
+    rs_device again;
+    return authenticate(&again, dev->token_id, dev->token_hash);
 }
 
 /* ---- throttling ---- */

@@ -90,7 +90,31 @@ typedef struct rs_device {
     rs_uuid host;
     uint8_t token_hash[RS_TOKEN_HASH_BYTES];
     char username[RS_WIRE_USERNAME_MAX + 1];
+    uint64_t retired_ms;                 /* when the device was retired; 0: it is not */
+    uint8_t token_id[RS_TOKEN_ID_BYTES]; /* set by recsyncd's auth, not by the backend */
 } rs_device;
+
+/* A device of a user as listed (GET /api/v1/devices). */
+typedef struct rs_device_row {
+    rs_uuid host;
+    char name[RS_WIRE_DEVICE_NAME_MAX + 1];
+    uint64_t created_ms;
+    uint64_t last_seen_ms;
+    uint64_t retired_ms; /* 0: not retired */
+    /* records of the user's other devices' shards above this device's acked ends
+       (a shard it never acked counts from 0) */
+    uint64_t behind;
+} rs_device_row;
+
+/* A device listing callback: 0 to continue, < 0 to abort with that code. */
+typedef int (*rs_device_cb)(const rs_device_row *row, void *payload);
+
+/* What deleting a user removed. */
+typedef struct rs_user_delete_stats {
+    uint64_t devices;
+    uint64_t records;
+    uint64_t snapshots;
+} rs_user_delete_stats;
 
 /* A new device token: a public id (the lookup key) and the hash of its secret. */
 typedef struct rs_token {
@@ -239,7 +263,8 @@ typedef struct rs_backend_ops {
      * failure. *out receives the new user id.
      */
     int (*user_create)(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
-                       const rs_uuid *host, const rs_token *token, const uint8_t *invite);
+                       const rs_uuid *host, const rs_token *token, const uint8_t *invite,
+                       const char *name);
 
     /*
      * The user named exactly `username`, else the one owning its key (so
@@ -255,10 +280,12 @@ typedef struct rs_backend_ops {
 
     /*
      * Binds device `host` to `user` with a new `token`, replacing the
-     * device's previous token (one token per device). RS_EFORBIDDEN if the
-     * host is bound to another user.
+     * device's previous token (one token per device), named `name` (""
+     * keeps the name it has), no longer retired, seen now. RS_EFORBIDDEN
+     * if the host is bound to another user.
      */
-    int (*device_bind)(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token);
+    int (*device_bind)(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token,
+                       const char *name);
 
     /* The device whose token has id `token_id`. RS_ENOTFOUND if none. */
     int (*token_lookup)(rs_backend *b, rs_device *out, const uint8_t *token_id);
@@ -381,6 +408,41 @@ typedef struct rs_backend_ops {
 
     /* Totals for /metrics, without scanning records. */
     int (*stats)(rs_backend *b, rs_backend_stats *out);
+
+    /* ---- devices and accounts (devices.c; backends/sqlite_dev.c, postgres_dev.c) ---- */
+
+    /* Hands `cb` every device of `user` (retired ones too), oldest first, read in one snapshot. */
+    int (*device_list)(rs_backend *b, int64_t user, rs_device_cb cb, void *payload);
+
+    /*
+     * Marks device `host` of `user` retired at `now_ms` (a device already
+     * retired keeps its time; *out_retired_ms gets the time it holds). It
+     * then holds no prune floor and counts in no ack floor; its token is
+     * refused with device_retired until it logs in again. RS_ENOTFOUND
+     * when `user` has no device `host`.
+     */
+    int (*device_retire)(rs_backend *b, uint64_t *out_retired_ms, int64_t user, const rs_uuid *host,
+                         uint64_t now_ms);
+
+    /* Renames device `host` of `user`. RS_ENOTFOUND when `user` has no device `host`. */
+    int (*device_rename)(rs_backend *b, int64_t user, const rs_uuid *host, const char *name);
+
+    /*
+     * Replaces device `host`'s token with `token` (logout: a token whose
+     * secret nobody holds). RS_ENOTFOUND when `user` has no device `host`.
+     */
+    int (*device_revoke)(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token);
+
+    /* Replaces `user`'s password hash. RS_ENOTFOUND when there is no such user. */
+    int (*user_password)(rs_backend *b, int64_t user, const char *pwhash);
+
+    /*
+     * Deletes `user` and everything of it, in one transaction: records,
+     * shards, events, acks, devices (and so tokens), snapshots with their
+     * frontiers and chunks, and the user's row with its counters.
+     * RS_ENOTFOUND when there is no such user.
+     */
+    int (*user_delete)(rs_backend *b, rs_user_delete_stats *out, int64_t user);
 } rs_backend_ops;
 
 /* Every backend's handle starts with this; implementations embed it first. */

@@ -34,6 +34,9 @@ typedef struct subscriber {
     struct subscriber *prev, *next;
     struct MHD_Connection *conn;
     int64_t user;
+    rs_device dev; /* the device and token it authenticated with, checked again at heartbeats */
+    const char *revoked; /* under the hub lock: the error code the stream ends with, or NULL */
+    char revoked_message[300];
     uint64_t last;         /* seq of the last event sent */
     uint64_t next_beat_ms; /* when a heartbeat is due */
     int dirty;             /* a commit was notified since the last query */
@@ -86,6 +89,45 @@ void rs_events_notify(int64_t user, uint64_t seq, void *payload)
         }
     }
     pthread_mutex_unlock(&hub.lock);
+}
+
+void rs_events_revoke(int64_t user, const rs_uuid *host, const char *code, const char *message)
+{
+    pthread_mutex_lock(&hub.lock);
+    for (subscriber *s = hub.head; s; s = s->next) {
+        if (s->user == user && (host == NULL || rs_uuid_cmp(&s->dev.host, host) == 0)) {
+            s->revoked = code;
+            snprintf(s->revoked_message, sizeof(s->revoked_message), "%s", message);
+            s->dirty = 1;
+            wake(s);
+        }
+    }
+    pthread_mutex_unlock(&hub.lock);
+}
+
+/* Queues the `error` event that ends a revoked stream. */
+static int end_revoked(subscriber *s, const char *code, const char *message)
+{
+    if (rs_buf_puts(&s->out, "event: error\ndata: ") < 0 ||
+        rs_wire_error_encode(&s->out, code, message) < 0 || rs_buf_puts(&s->out, "\n\n") < 0)
+        return RS_ENOMEM;
+    s->ended = 1;
+    return 0;
+}
+
+/*
+ * At a heartbeat: whether the stream's token still authenticates (another
+ * process may have retired or logged out its device). 1 when the stream
+ * was ended for it; a database that does not answer ends nothing.
+ */
+static int recheck(subscriber *s)
+{
+    int err = rs_auth_recheck(&s->dev);
+    if (err != RS_ERETIRED && err != RS_EAUTH)
+        return 0;
+    if (end_revoked(s, err == RS_ERETIRED ? "device_retired" : "unauthorized", rs_error_last()) < 0)
+        return -1;
+    return 1;
 }
 
 /* Appends one event to a stream's buffer and advances its cursor. */
@@ -165,12 +207,28 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 
         pthread_mutex_lock(&hub.lock);
         int stopping = hub.stopping, dirty = s->dirty;
+        const char *revoked = s->revoked;
+        char message[sizeof(s->revoked_message)];
+        if (revoked)
+            memcpy(message, s->revoked_message, sizeof(message));
         s->dirty = 0;
         pthread_mutex_unlock(&hub.lock);
         if (stopping)
             return MHD_CONTENT_READER_END_OF_STREAM;
+        if (revoked) {
+            if (end_revoked(s, revoked, message) < 0)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            continue;
+        }
         /* A due heartbeat polls too, so a lost notification costs one heartbeat of delay. */
         int beat = mono_ms() >= s->next_beat_ms;
+        if (beat) {
+            int r = recheck(s);
+            if (r < 0)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            if (r > 0)
+                continue;
+        }
         if (dirty || beat) {
             if (fetch(s) < 0) {
                 fprintf(stderr, "recsyncd: ending a stream: %s\n", rs_error_last());
@@ -241,6 +299,7 @@ int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *
         return rs__error(RS_ENOMEM, "out of memory for an event stream");
     s->conn = conn;
     s->user = dev->user;
+    s->dev = *dev;
     s->last = after;
     s->dirty = 1;
     s->next_beat_ms = mono_ms() + rs_srv.cfg.heartbeat_ms;

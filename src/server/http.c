@@ -67,6 +67,7 @@ static const struct {
 } error_table[] = {
     {RS_EINVAL, 400, "invalid"},
     {RS_EAUTH, 401, "unauthorized"},
+    {RS_ERETIRED, 401, "device_retired"},
     {RS_EFORBIDDEN, 403, "forbidden"},
     {RS_ENOTFOUND, 404, "not_found"},
     {RS_EMETHOD, 405, "method_not_allowed"},
@@ -659,6 +660,12 @@ static const route_entry routes[] = {
     {"/api/v1/snapshots", ROUTE_SNAPSHOTS_GET, ROUTE_SNAPSHOTS_POST, "GET, POST"},
     {"/api/v1/snapshot", ROUTE_SNAPSHOT_GET, ROUTE_OTHER, "GET"},
     {"/api/v1/test/prune", ROUTE_OTHER, ROUTE_TEST_PRUNE, "POST"},
+    {"/api/v1/devices", ROUTE_DEVICES_GET, ROUTE_OTHER, "GET"},
+    {"/api/v1/devices/retire", ROUTE_OTHER, ROUTE_DEVICES_RETIRE, "POST"},
+    {"/api/v1/devices/rename", ROUTE_OTHER, ROUTE_DEVICES_RENAME, "POST"},
+    {"/api/v1/logout", ROUTE_OTHER, ROUTE_LOGOUT, "POST"},
+    {"/api/v1/account/password", ROUTE_OTHER, ROUTE_ACCOUNT_PASSWORD, "POST"},
+    {"/api/v1/account/delete", ROUTE_OTHER, ROUTE_ACCOUNT_DELETE, "POST"},
 };
 
 /*
@@ -718,6 +725,18 @@ static int dispatch(rs_reply *reply, struct MHD_Connection *conn, request *req)
         return rs_route_snapshot_get(reply, conn);
     case ROUTE_TEST_PRUNE:
         return rs_route_test_prune(reply, conn);
+    case ROUTE_DEVICES_GET:
+        return rs_route_devices_get(reply, conn);
+    case ROUTE_DEVICES_RETIRE:
+        return rs_route_devices_retire(reply, conn, body, len);
+    case ROUTE_DEVICES_RENAME:
+        return rs_route_devices_rename(reply, conn, body, len);
+    case ROUTE_LOGOUT:
+        return rs_route_logout(reply, conn, body, len);
+    case ROUTE_ACCOUNT_PASSWORD:
+        return rs_route_account_password(reply, conn, body, len);
+    case ROUTE_ACCOUNT_DELETE:
+        return rs_route_account_delete(reply, conn, body, len);
     default:
         return rs__error(RS_ERROR, "no handler for route %d", (int)req->route);
     }

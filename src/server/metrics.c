@@ -42,6 +42,12 @@ static const char *const route_names[ROUTE_COUNT] = {
     [ROUTE_SNAPSHOTS_GET] = "snapshots_list",
     [ROUTE_SNAPSHOT_GET] = "snapshot_chunk",
     [ROUTE_TEST_PRUNE] = "test_prune",
+    [ROUTE_DEVICES_GET] = "devices_list",
+    [ROUTE_DEVICES_RETIRE] = "devices_retire",
+    [ROUTE_DEVICES_RENAME] = "devices_rename",
+    [ROUTE_LOGOUT] = "logout",
+    [ROUTE_ACCOUNT_PASSWORD] = "account_password",
+    [ROUTE_ACCOUNT_DELETE] = "account_delete",
     [ROUTE_OTHER] = "other",
 };
 

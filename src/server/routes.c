@@ -131,7 +131,8 @@ int rs_route_register(rs_reply *out, struct MHD_Connection *conn, const char *bo
     rs_auth_new_token(token_text, &token);
     if ((err = rs_srv.backend->ops->user_create(
              rs_srv.backend, &user, creds.username, pwhash, &creds.host, &token,
-             rs_srv.cfg.registration == RS_REGISTRATION_INVITE ? invite_hash : NULL)) < 0)
+             rs_srv.cfg.registration == RS_REGISTRATION_INVITE ? invite_hash : NULL,
+             creds.name)) < 0)
         goto done;
     err = token_reply(out, 201, token_text, creds.username);
 done:
@@ -177,8 +178,8 @@ int rs_route_login(rs_reply *out, struct MHD_Connection *conn, const char *body,
                              found && known_device(conn, account.user), &out->retry_after_s)) < 0)
         goto done;
     rs_auth_new_token(token_text, &token);
-    if ((err = rs_srv.backend->ops->device_bind(rs_srv.backend, account.user, &creds.host,
-                                                &token)) < 0)
+    if ((err = rs_srv.backend->ops->device_bind(rs_srv.backend, account.user, &creds.host, &token,
+                                                creds.name)) < 0)
         goto done;
     rs_auth_forget_device(&creds.host); /* its previous token, if cached */
     err = token_reply(out, 200, token_text, account.name);

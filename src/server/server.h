@@ -16,6 +16,7 @@
 #define RS_ETHROTTLED (-1002) /* too many failed logins: wait (429) */
 #define RS_EMETHOD (-1003)    /* the route exists, the method does not (405) */
 #define RS_EBODY (-1004)      /* request body over --body-max (413) */
+/* A retired device's token: RS_ERETIRED (include/recsync/common.h), 401 device_retired. */
 
 typedef struct rs_config {
     const char *db;
@@ -92,6 +93,12 @@ typedef enum rs_route {
     ROUTE_SNAPSHOTS_GET,
     ROUTE_SNAPSHOT_GET,
     ROUTE_TEST_PRUNE,
+    ROUTE_DEVICES_GET,
+    ROUTE_DEVICES_RETIRE,
+    ROUTE_DEVICES_RENAME,
+    ROUTE_LOGOUT,
+    ROUTE_ACCOUNT_PASSWORD,
+    ROUTE_ACCOUNT_DELETE,
     ROUTE_OTHER,
     ROUTE_COUNT
 } rs_route;
@@ -142,6 +149,19 @@ int rs_route_snapshots_post(rs_reply *out, struct MHD_Connection *conn, const ch
 int rs_route_snapshots_get(rs_reply *out, struct MHD_Connection *conn);
 int rs_route_snapshot_get(rs_reply *out, struct MHD_Connection *conn);
 
+/* ---- devices.c ---- */
+
+int rs_route_devices_get(rs_reply *out, struct MHD_Connection *conn);
+int rs_route_devices_retire(rs_reply *out, struct MHD_Connection *conn, const char *body,
+                            size_t len);
+int rs_route_devices_rename(rs_reply *out, struct MHD_Connection *conn, const char *body,
+                            size_t len);
+int rs_route_logout(rs_reply *out, struct MHD_Connection *conn, const char *body, size_t len);
+int rs_route_account_password(rs_reply *out, struct MHD_Connection *conn, const char *body,
+                              size_t len);
+int rs_route_account_delete(rs_reply *out, struct MHD_Connection *conn, const char *body,
+                            size_t len);
+
 /* ---- prune.c ---- */
 
 typedef struct rs_snap_metrics {
@@ -171,11 +191,24 @@ int rs_prune_metrics_render(rs_buf *out, const rs_backend_stats *st);
 int rs_auth_init(void);
 void rs_auth_shutdown(void);
 
-/* The device whose `Authorization: Token <token>` the request carries; RS_EAUTH otherwise. */
+/*
+ * The device whose `Authorization: Token <token>` the request carries;
+ * RS_EAUTH otherwise, RS_ERETIRED (naming when) for a retired device's.
+ */
 int rs_auth_device(rs_device *out, struct MHD_Connection *conn);
 
-/* Drops the cached tokens of device `host` (after it logged in again). */
+/*
+ * Whether the token `dev` authenticated with (rs_auth_device) still
+ * does: 0, RS_EAUTH (replaced, logged out, user deleted) or RS_ERETIRED.
+ * Answers from the token cache while its entry lives; open event streams
+ * ask at every heartbeat, so another process's revocation reaches them.
+ */
+int rs_auth_recheck(const rs_device *dev);
+
+/* Drops the cached tokens of device `host` (after it logged in again, retired, logged out). */
 void rs_auth_forget_device(const rs_uuid *host);
+/* Drops the cached tokens of every device of `user` (deleted). */
+void rs_auth_forget_user(int64_t user);
 
 /* A new token: its text (RS_TOKEN_TEXT_LEN hex digits) and what the backend stores. */
 #define RS_TOKEN_TEXT_LEN (2 * (RS_TOKEN_ID_BYTES + 32))
@@ -220,6 +253,12 @@ void rs_events_notify(int64_t user, uint64_t seq, void *payload);
 /* Opens a stream for `dev` after seq `after` (the user's seq when has_after is false). */
 int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *dev, int has_after,
                    uint64_t after);
+/*
+ * Ends this process's open streams of device `host` of `user` (host NULL:
+ * every device of the user) with an `error` event `code` ("device_retired",
+ * "unauthorized") and `message`.
+ */
+void rs_events_revoke(int64_t user, const rs_uuid *host, const char *code, const char *message);
 
 /* ---- metrics.c ---- */
 

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define CHANNEL "recsync_events"
 #define MIGRATION_LOCK 0x72737963 /* pg_advisory_xact_lock key: "rsyc" */
 
@@ -86,6 +86,8 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " created_ms bigint NOT NULL);",
     /* 3: snapshots and pruning (issue 11; postgres_snap.c). */
     RS_PG_SNAPSHOT_MIGRATION,
+    /* 4: devices' names and retirement (issue 14; postgres_dev.c). */
+    RS_PG_DEVICES_MIGRATION,
 };
 
 enum stmt_id {
@@ -121,12 +123,15 @@ static const char *const stmt_sql[ST_COUNT] = {
                         " ORDER BY (name = $1::text) DESC LIMIT 1",
     /* No row back: the host belongs to another user and nothing changed. */
     [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms,"
-                      " last_seen_ms) VALUES ($1::bytea, $2::int8, $3::bytea, $4::bytea, $5::int8,"
-                      " $5::int8) ON CONFLICT (host) DO UPDATE SET token_id = excluded.token_id,"
-                      " token_hash = excluded.token_hash, last_seen_ms = excluded.last_seen_ms"
+                      " last_seen_ms, name) VALUES ($1::bytea, $2::int8, $3::bytea, $4::bytea,"
+                      " $5::int8, $5::int8, $6::text) ON CONFLICT (host) DO UPDATE SET"
+                      " token_id = excluded.token_id, token_hash = excluded.token_hash,"
+                      " last_seen_ms = excluded.last_seen_ms,"
+                      " name = CASE WHEN excluded.name = '' THEN devices.name"
+                      " ELSE excluded.name END, retired_ms = NULL"
                       " WHERE devices.user_id = excluded.user_id"
                       " RETURNING user_id",
-    [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name FROM devices d"
+    [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name, d.retired_ms FROM devices d"
                      " JOIN users u ON u.user_id = d.user_id WHERE d.token_id = $1::bytea",
     [ST_USER_SEQ] = "SELECT seq, floor FROM users WHERE user_id = $1::int8",
     [ST_INDEX] = "SELECT u.seq, s.host, s.tag, s.start_idx, s.end_idx FROM users u"
@@ -164,11 +169,12 @@ static const char *const stmt_sql[ST_COUNT] = {
                    " VALUES ($1::int8, $2::bytea, $3::text, $4::bytea, $5::int8, $6::int8)"
                    " ON CONFLICT (user_id, host, tag, device)"
                    " DO UPDATE SET end_idx = excluded.end_idx, updated_ms = excluded.updated_ms",
-    [ST_ACK_FLOOR] = "WITH d AS (SELECT count(*) AS n FROM devices WHERE user_id = $1::int8)"
+    [ST_ACK_FLOOR] = "WITH d AS (SELECT count(*) AS n FROM devices WHERE user_id = $1::int8"
+                     " AND retired_ms IS NULL)"
                      " SELECT d.n, s.host, s.tag,"
                      " (SELECT CASE WHEN count(*) < d.n THEN 0 ELSE min(a.end_idx) END"
                      "  FROM acks a JOIN devices dv ON dv.host = a.device"
-                     "  AND dv.user_id = a.user_id"
+                     "  AND dv.user_id = a.user_id AND dv.retired_ms IS NULL"
                      "  WHERE a.user_id = s.user_id AND a.host = s.host AND a.tag = s.tag)::int8"
                      " FROM d LEFT JOIN shards s ON s.user_id = $1::int8",
     [ST_INVITE_PUT] = "INSERT INTO invites(code_hash, name_key, created_ms)"
@@ -512,7 +518,8 @@ static int pg_ping(rs_backend *b)
 }
 
 /* Binds `host` to `user` with `token` in the caller's transaction; RS_EFORBIDDEN if taken. */
-static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_token *token)
+static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_token *token,
+                       const char *name)
 {
     params p = {0};
     PGresult *r = NULL;
@@ -521,6 +528,7 @@ static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_toke
     p_bytes(&p, token->id, RS_TOKEN_ID_BYTES);
     p_bytes(&p, token->hash, RS_TOKEN_HASH_BYTES);
     p_i64(&p, (int64_t)rs_now_ms());
+    p_text(&p, name ? name : "");
     int err = q(c, &r, ST_DEVICE_PUT, &p, "storing a device");
     if (err < 0)
         return err;
@@ -535,7 +543,8 @@ static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_toke
 }
 
 static int pg_user_create(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
-                          const rs_uuid *host, const rs_token *token, const uint8_t *invite)
+                          const rs_uuid *host, const rs_token *token, const uint8_t *invite,
+                          const char *name)
 {
     pg_backend *pb = (pg_backend *)b;
     conn *c;
@@ -574,7 +583,7 @@ static int pg_user_create(rs_backend *b, int64_t *out, const char *username, con
             goto done;
         }
     }
-    if ((err = bind_device(c, user, host, token)) < 0 ||
+    if ((err = bind_device(c, user, host, token, name)) < 0 ||
         (err = exec(c, "COMMIT", "committing a new user")) < 0)
         goto done;
     *out = user;
@@ -611,14 +620,15 @@ done:
     return err;
 }
 
-static int pg_device_bind(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token)
+static int pg_device_bind(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token,
+                          const char *name)
 {
     pg_backend *pb = (pg_backend *)b;
     conn *c;
     int err = conn_get(&c, pb);
     if (err < 0)
         return err;
-    err = bind_device(c, user, host, token);
+    err = bind_device(c, user, host, token, name);
     conn_put(pb, c);
     return err;
 }
@@ -667,6 +677,9 @@ static int pg_token_lookup(rs_backend *b, rs_device *out, const uint8_t *token_i
         else
             memset(out->token_hash, 0, RS_TOKEN_HASH_BYTES);
         snprintf(out->username, sizeof(out->username), "%s", PQgetvalue(r, 0, 3));
+        out->retired_ms = 0;
+        if (!is_null(r, 0, 4))
+            out->retired_ms = get_i64(r, 0, 4) > 0 ? (uint64_t)get_i64(r, 0, 4) : 1;
     }
     PQclear(r);
 done:
@@ -1484,6 +1497,12 @@ static const rs_backend_ops pg_ops = {
     .snapshot_list = rs__pg_snapshot_list,
     .snapshot_chunk_get = rs__pg_snapshot_chunk_get,
     .prune = rs__pg_prune,
+    .device_list = rs__pg_device_list,
+    .device_retire = rs__pg_device_retire,
+    .device_rename = rs__pg_device_rename,
+    .device_revoke = rs__pg_device_revoke,
+    .user_password = rs__pg_user_password,
+    .user_delete = rs__pg_user_delete,
 };
 
 int rs_backend_postgres_open(rs_backend **out, const char *conninfo, const rs_backend_opts *opts)

@@ -39,6 +39,14 @@
     " PRIMARY KEY (user_id, id, chunk));"                                                          \
     "ALTER TABLE snapshot_chunks ALTER COLUMN data SET STORAGE EXTERNAL;"
 
+/*
+ * Migration: devices gain a name (set at login, "" until then) and the
+ * time they were retired (NULL while they are not).
+ */
+#define RS_PG_DEVICES_MIGRATION                                                                    \
+    "ALTER TABLE devices ADD COLUMN name text NOT NULL DEFAULT '';"                                \
+    "ALTER TABLE devices ADD COLUMN retired_ms bigint;"
+
 /* Positional parameters in binary format; integers kept in network order here. */
 typedef struct params {
     int n;
@@ -138,5 +146,14 @@ int rs__pg_snapshot_list(rs_backend *b, int64_t user, const char *tag, rs_snapsh
 int rs__pg_snapshot_chunk_get(rs_backend *b, int64_t user, const rs_uuid *id, uint64_t chunk,
                               rs_chunk_cb cb, void *payload);
 int rs__pg_prune(rs_backend *b, rs_prune_stats *out, const rs_prune_policy *policy);
+
+/* postgres_dev.c: backend.h's device and account operations. */
+int rs__pg_device_list(rs_backend *b, int64_t user, rs_device_cb cb, void *payload);
+int rs__pg_device_retire(rs_backend *b, uint64_t *out_retired_ms, int64_t user, const rs_uuid *host,
+                         uint64_t now_ms);
+int rs__pg_device_rename(rs_backend *b, int64_t user, const rs_uuid *host, const char *name);
+int rs__pg_device_revoke(rs_backend *b, int64_t user, const rs_uuid *host, const rs_token *token);
+int rs__pg_user_password(rs_backend *b, int64_t user, const char *pwhash);
+int rs__pg_user_delete(rs_backend *b, rs_user_delete_stats *out, int64_t user);
 
 #endif

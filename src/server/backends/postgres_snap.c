@@ -16,12 +16,13 @@
 #define FRONTIER_ENTRY 24 /* host (16 bytes) and end (8, big-endian) */
 
 /*
- * The devices that hold a prune floor: registered to the shard's user and
- * seen within --device-expiry ($2 is the cutoff in ms, 0 when devices
- * never expire). The next issue's retired devices are excluded here too
- * ("AND d.retired_ms IS NULL"), and nowhere else.
+ * The devices that hold a prune floor: registered to the shard's user,
+ * not retired (`recsync devices retire`) and seen within --device-expiry
+ * ($2 is the cutoff in ms, 0 when devices never expire).
  */
-#define ACTIVE_DEVICE "d.user_id = s.user_id AND ($2::int8 = 0 OR d.last_seen_ms >= $2::int8)"
+#define ACTIVE_DEVICE                                                                              \
+    "d.user_id = s.user_id AND d.retired_ms IS NULL"                                               \
+    " AND ($2::int8 = 0 OR d.last_seen_ms >= $2::int8)"
 
 /* As sqlite_snap.c's floor_sql: per shard of user $1 (one when $3, $4 name it). */
 static const char floor_sql[] =

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 
 /*
  * Migrations: entry i takes the schema from version i to i + 1. Each runs
@@ -70,6 +70,8 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " created_ms INTEGER NOT NULL) WITHOUT ROWID;",
     /* 3: snapshots and pruning (issue 11; sqlite_snap.c). */
     RS_SQLITE_SNAPSHOT_MIGRATION,
+    /* 4: devices' names and retirement (issue 14; sqlite_dev.c). */
+    RS_SQLITE_DEVICES_MIGRATION,
 };
 
 enum stmt_id {
@@ -113,10 +115,12 @@ static const char *const stmt_sql[ST_COUNT] = {
                         " ORDER BY name = ?1 DESC LIMIT 1",
     [ST_DEVICE_USER] = "SELECT user_id FROM devices WHERE host = ?1",
     [ST_DEVICE_PUT] = "INSERT INTO devices(host, user_id, token_id, token_hash, created_ms,"
-                      " last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(host) DO UPDATE"
-                      " SET token_id = excluded.token_id, token_hash = excluded.token_hash,"
-                      " last_seen_ms = excluded.last_seen_ms",
-    [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name FROM devices d"
+                      " last_seen_ms, name) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT(host)"
+                      " DO UPDATE SET token_id = excluded.token_id,"
+                      " token_hash = excluded.token_hash, last_seen_ms = excluded.last_seen_ms,"
+                      " name = CASE WHEN excluded.name = '' THEN name ELSE excluded.name END,"
+                      " retired_ms = NULL",
+    [ST_TOKEN_GET] = "SELECT d.user_id, d.host, d.token_hash, u.name, d.retired_ms FROM devices d"
                      " JOIN users u ON u.user_id = d.user_id WHERE d.token_id = ?1",
     [ST_USER_SEQ] = "SELECT seq, floor, bytes FROM users WHERE user_id = ?1",
     [ST_SHARDS] = "SELECT host, tag, start_idx, end_idx FROM shards WHERE user_id = ?1",
@@ -140,10 +144,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ACK_PUT] = "INSERT INTO acks(user_id, host, tag, device, end_idx, updated_ms)"
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(user_id, host, tag, device)"
                    " DO UPDATE SET end_idx = excluded.end_idx, updated_ms = excluded.updated_ms",
-    [ST_DEVICE_COUNT] = "SELECT count(*) FROM devices WHERE user_id = ?1",
+    [ST_DEVICE_COUNT] = "SELECT count(*) FROM devices WHERE user_id = ?1 AND retired_ms IS NULL",
     [ST_ACK_FLOOR] = "SELECT s.host, s.tag,"
                      " (SELECT CASE WHEN count(*) < ?2 THEN 0 ELSE min(a.end_idx) END"
                      "  FROM acks a JOIN devices d ON d.host = a.device AND d.user_id = a.user_id"
+                     "  AND d.retired_ms IS NULL"
                      "  WHERE a.user_id = s.user_id AND a.host = s.host AND a.tag = s.tag)"
                      " FROM shards s WHERE s.user_id = ?1",
     [ST_INVITE_PUT] = "INSERT INTO invites(code_hash, name_key, created_ms) VALUES (?1, ?2, ?3)",
@@ -434,7 +439,8 @@ static int sqlite_ping(rs_backend *b)
  * Binds `host` to `user` with `token` inside the caller's write
  * transaction. RS_EFORBIDDEN naming the host if another user holds it.
  */
-static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_token *token)
+static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_token *token,
+                       const char *name)
 {
     sqlite3_stmt *st = c->st[ST_DEVICE_USER];
     bind_uuid(st, 1, host);
@@ -454,11 +460,13 @@ static int bind_device(conn *c, int64_t user, const rs_uuid *host, const rs_toke
     sqlite3_bind_blob(st, 3, token->id, RS_TOKEN_ID_BYTES, SQLITE_STATIC);
     sqlite3_bind_blob(st, 4, token->hash, RS_TOKEN_HASH_BYTES, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, (sqlite3_int64)now_ms());
+    sqlite3_bind_text(st, 6, name ? name : "", -1, SQLITE_STATIC);
     return run(c, ST_DEVICE_PUT, "storing a device");
 }
 
 static int sqlite_user_create(rs_backend *b, int64_t *out, const char *username, const char *pwhash,
-                              const rs_uuid *host, const rs_token *token, const uint8_t *invite)
+                              const rs_uuid *host, const rs_token *token, const uint8_t *invite,
+                              const char *name)
 {
     sqlite_backend *sb = (sqlite_backend *)b;
     conn *c;
@@ -497,7 +505,7 @@ static int sqlite_user_create(rs_backend *b, int64_t *out, const char *username,
             goto done;
         }
     }
-    if ((err = bind_device(c, user, host, token)) < 0 || (err = commit(c)) < 0)
+    if ((err = bind_device(c, user, host, token, name)) < 0 || (err = commit(c)) < 0)
         goto done;
     *out = user;
 done:
@@ -536,7 +544,7 @@ static int sqlite_user_lookup(rs_backend *b, rs_account *out, const char *userna
 }
 
 static int sqlite_device_bind(rs_backend *b, int64_t user, const rs_uuid *host,
-                              const rs_token *token)
+                              const rs_token *token, const char *name)
 {
     sqlite_backend *sb = (sqlite_backend *)b;
     conn *c;
@@ -545,7 +553,7 @@ static int sqlite_device_bind(rs_backend *b, int64_t user, const rs_uuid *host,
         return err;
     pthread_mutex_lock(&sb->write_lock);
     if ((err = run(c, ST_BEGIN_WRITE, "starting a write")) < 0 ||
-        (err = bind_device(c, user, host, token)) < 0)
+        (err = bind_device(c, user, host, token, name)) < 0)
         goto done;
     err = commit(c);
 done:
@@ -598,6 +606,10 @@ static int sqlite_token_lookup(rs_backend *b, rs_device *out, const uint8_t *tok
             memset(out->token_hash, 0, RS_TOKEN_HASH_BYTES);
         const unsigned char *name = sqlite3_column_text(st, 3);
         snprintf(out->username, sizeof(out->username), "%s", name ? (const char *)name : "");
+        out->retired_ms =
+            sqlite3_column_type(st, 4) == SQLITE_NULL ? 0 : (uint64_t)sqlite3_column_int64(st, 4);
+        if (sqlite3_column_type(st, 4) != SQLITE_NULL && out->retired_ms == 0)
+            out->retired_ms = 1;
     } else if (rc == SQLITE_DONE) {
         err = rs__error(RS_ENOTFOUND, "unknown token");
     } else {
@@ -1411,6 +1423,12 @@ static const rs_backend_ops sqlite_ops = {
     .snapshot_list = rs__sqlite_snapshot_list,
     .snapshot_chunk_get = rs__sqlite_snapshot_chunk_get,
     .prune = rs__sqlite_prune,
+    .device_list = rs__sqlite_device_list,
+    .device_retire = rs__sqlite_device_retire,
+    .device_rename = rs__sqlite_device_rename,
+    .device_revoke = rs__sqlite_device_revoke,
+    .user_password = rs__sqlite_user_password,
+    .user_delete = rs__sqlite_user_delete,
 };
 
 int rs_backend_sqlite_open(rs_backend **out, const char *path, const rs_backend_opts *opts)

@@ -33,6 +33,14 @@
     " user_id INTEGER NOT NULL, id BLOB NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL,"     \
     " PRIMARY KEY (user_id, id, chunk));"
 
+/*
+ * Migration: devices gain a name (set at login, "" until then) and the
+ * time they were retired (NULL while they are not).
+ */
+#define RS_SQLITE_DEVICES_MIGRATION                                                                \
+    "ALTER TABLE devices ADD COLUMN name TEXT NOT NULL DEFAULT '';"                                \
+    "ALTER TABLE devices ADD COLUMN retired_ms INTEGER;"
+
 typedef struct rs_sqlite_conn rs_sqlite_conn;
 
 /* A connection from the pool (rs__sqlite_conn_put rolls back anything left open). */
@@ -51,5 +59,15 @@ int rs__sqlite_snapshot_list(rs_backend *b, int64_t user, const char *tag, rs_sn
 int rs__sqlite_snapshot_chunk_get(rs_backend *b, int64_t user, const rs_uuid *id, uint64_t chunk,
                                   rs_chunk_cb cb, void *payload);
 int rs__sqlite_prune(rs_backend *b, rs_prune_stats *out, const rs_prune_policy *policy);
+
+/* sqlite_dev.c: backend.h's device and account operations. */
+int rs__sqlite_device_list(rs_backend *b, int64_t user, rs_device_cb cb, void *payload);
+int rs__sqlite_device_retire(rs_backend *b, uint64_t *out_retired_ms, int64_t user,
+                             const rs_uuid *host, uint64_t now_ms);
+int rs__sqlite_device_rename(rs_backend *b, int64_t user, const rs_uuid *host, const char *name);
+int rs__sqlite_device_revoke(rs_backend *b, int64_t user, const rs_uuid *host,
+                             const rs_token *token);
+int rs__sqlite_user_password(rs_backend *b, int64_t user, const char *pwhash);
+int rs__sqlite_user_delete(rs_backend *b, rs_user_delete_stats *out, int64_t user);
 
 #endif

@@ -15,12 +15,12 @@
 #define INCOMPLETE_MS (24u * 3600u * 1000u)
 
 /*
- * The devices that hold a prune floor: registered to the shard's user and
- * seen within --device-expiry (?2 is the cutoff in ms, 0 when devices
- * never expire). The next issue's retired devices are excluded here too
- * ("AND d.retired_ms IS NULL"), and nowhere else.
+ * The devices that hold a prune floor: registered to the shard's user,
+ * not retired (`recsync devices retire`) and seen within --device-expiry
+ * (?2 is the cutoff in ms, 0 when devices never expire).
  */
-#define ACTIVE_DEVICE "d.user_id = s.user_id AND (?2 = 0 OR d.last_seen_ms >= ?2)"
+#define ACTIVE_DEVICE                                                                              \
+    "d.user_id = s.user_id AND d.retired_ms IS NULL AND (?2 = 0 OR d.last_seen_ms >= ?2)"
 
 /*
  * Per shard of user ?1 (one shard when ?3, ?4 name it): start, end, the
