@@ -409,12 +409,17 @@ class ServerProcess:
     """The real recsyncd, started on 127.0.0.1 with a database of its own.
 
     ``args`` are extra command-line options. ``fast`` adds --argon2-fast,
-    ``hooks`` adds --test-hooks. The process is stopped in a cleanup."""
+    ``hooks`` adds --test-hooks. ``register_rate`` (default "off": tests make
+    many accounts from 127.0.0.1) sets --register-rate unless ``args`` do;
+    None keeps the server's default. The process is stopped in a cleanup."""
 
-    def __init__(self, test, args=(), db=None, port=0, fast=True, hooks=False, start=True):
+    def __init__(self, test, args=(), db=None, port=0, fast=True, hooks=False, start=True,
+                 register_rate="off"):
         self.test = test
         self.db = db if db is not None else make_database(test)
         self.args = list(args)
+        if register_rate is not None and "--register-rate" not in self.args:
+            self.args += ["--register-rate", register_rate]
         if fast:
             self.args.append("--argon2-fast")
         if hooks:
