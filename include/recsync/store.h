@@ -151,6 +151,8 @@ void rs_index_free(rs_index *index);
 /* Adds a shard to an index built by hand (the client's parser, tests). */
 int rs_index_add(rs_index *index, const rs_uuid *host, const char *tag, uint64_t start,
                  uint64_t end);
+/* The shard (host, tag) of `index` (may be NULL), or NULL when it has none. */
+const rs_shard *rs_index_find(const rs_index *index, const rs_uuid *host, const char *tag);
 
 typedef enum rs_diff_kind { RS_DIFF_UPLOAD, RS_DIFF_DOWNLOAD } rs_diff_kind;
 

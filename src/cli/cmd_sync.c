@@ -319,12 +319,10 @@ int cmd_sync(cli *c, int argc, char **argv)
         "Every 10 minutes a sync writes a checkpoint of the hash chain heads this\n"
         "device has seen, so others can tell a server that shows them different\n"
         "histories; --checkpoint writes one now.\n";
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
-                                         {"page-records", required_argument, NULL, 'p'},
-                                         {"replay", no_argument, NULL, 'r'},
-                                         {"checkpoint", no_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'},   {"page-records", required_argument, NULL, 'p'},
+        {"replay", no_argument, NULL, 'r'}, {"checkpoint", no_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},   {NULL, 0, NULL, 0}};
     rs_sync_opts sopts;
     rs_store *store = NULL;
     rs_sync_report *report = NULL;

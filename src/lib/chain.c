@@ -186,7 +186,7 @@ int rs__chain_backfill(rs_store *store)
 {
     sqlite3_stmt *st = NULL;
     rs_uuid *hosts = NULL;
-    char (*tags)[RS_TAG_MAX + 1] = NULL;
+    char(*tags)[RS_TAG_MAX + 1] = NULL;
     size_t n = 0, cap = 0;
     int rc, err;
 

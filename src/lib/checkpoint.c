@@ -32,6 +32,12 @@
 #define META_ALARM "chain.alarm"
 #define META_CHECKPOINT_MS "chain.checkpoint_ms"
 
+/* A device's claim about a shard: kept when it reaches at least as far as the one held. */
+#define CLAIM_SQL                                                                                  \
+    "INSERT INTO chain_claims(writer, host, tag, end, head) VALUES (?1, ?2, ?3, ?4, ?5) "          \
+    "ON CONFLICT(writer, host, tag) DO UPDATE SET end = excluded.end, head = excluded.head "       \
+    "WHERE excluded.end >= chain_claims.end"
+
 typedef struct checkpoint_state {
     rs_store *store;
 } checkpoint_state;
@@ -76,12 +82,7 @@ static int ck_apply(sqlite3 *db, const rs_record *rec, const uint8_t *plain, siz
         json_decref(root);
         return rs__keep_unapplied(cs->store, rec, "checkpoint payload has no heads");
     }
-    rc = sqlite3_prepare_v2(db,
-                            "INSERT INTO chain_claims(writer, host, tag, end, head) "
-                            "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(writer, host, tag) DO UPDATE "
-                            "SET end = excluded.end, head = excluded.head "
-                            "WHERE excluded.end >= chain_claims.end",
-                            -1, &st, NULL);
+    rc = sqlite3_prepare_v2(db, CLAIM_SQL, -1, &st, NULL);
     if (rc != SQLITE_OK) {
         json_decref(root);
         return rs__sqlite_error(db, rc, "keeping a checkpoint");
@@ -94,8 +95,7 @@ static int ck_apply(sqlite3 *db, const rs_record *rec, const uint8_t *plain, siz
         uint8_t head[RS_CHAIN_BYTES];
         if (rs_uuid_parse(&host, json_string_value(json_object_get(e, "host"))) < 0 ||
             tag == NULL || !rs_tag_valid(tag) || !json_is_integer(end) ||
-            json_integer_value(end) < 0 || hex == NULL ||
-            rs__unhex(head, RS_CHAIN_BYTES, hex) < 0)
+            json_integer_value(end) < 0 || hex == NULL || rs__unhex(head, RS_CHAIN_BYTES, hex) < 0)
             continue; /* a newer build's entry this one does not read */
         sqlite3_bind_blob(st, 1, rec->host.bytes, 16, SQLITE_STATIC);
         sqlite3_bind_blob(st, 2, host.bytes, 16, SQLITE_STATIC);
@@ -124,12 +124,7 @@ static int ck_snapshot_load(sqlite3 *db, const uint8_t *item, size_t len, void *
     sqlite3_stmt *st = NULL;
     int rc, err;
     (void)payload;
-    rc = sqlite3_prepare_v2(db,
-                            "INSERT INTO chain_claims(writer, host, tag, end, head) "
-                            "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(writer, host, tag) DO UPDATE "
-                            "SET end = excluded.end, head = excluded.head "
-                            "WHERE excluded.end >= chain_claims.end",
-                            -1, &st, NULL);
+    rc = sqlite3_prepare_v2(db, CLAIM_SQL, -1, &st, NULL);
     if (rc != SQLITE_OK)
         return rs__sqlite_error(db, rc, "loading checkpoints");
     if ((err = rs__snap_bind_row(st, item, len)) == 0)
@@ -208,15 +203,6 @@ int rs__chain_forget_alarm(rs_store *store)
     return err == RS_ENOTFOUND ? 0 : err;
 }
 
-static const rs_shard *find(const rs_index *index, const rs_uuid *host, const char *tag)
-{
-    for (size_t i = 0; index && i < index->count; i++)
-        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
-            strcmp(index->shards[i].tag, tag) == 0)
-            return &index->shards[i];
-    return NULL;
-}
-
 int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
                         const rs_index *remote, const rs_index *last)
 {
@@ -234,7 +220,7 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
     }
     /* Rollback: an end below what this device saw there, or checked itself. */
     for (size_t i = 0; last && i < last->count; i++) {
-        const rs_shard *was = &last->shards[i], *now = find(remote, &was->host, was->tag);
+        const rs_shard *was = &last->shards[i], *now = rs_index_find(remote, &was->host, was->tag);
         if (now && now->end >= was->end)
             continue;
         rs__shard_name(name, sizeof(name), &was->host, was->tag);
@@ -250,10 +236,10 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
      * that server never had).
      */
     for (size_t i = 0; local && last && i < local->count; i++) {
-        const rs_shard *ls = &local->shards[i], *now = find(remote, &ls->host, ls->tag);
+        const rs_shard *ls = &local->shards[i], *now = rs_index_find(remote, &ls->host, ls->tag);
         rs_uuid self;
         rs_store_host(&self, store);
-        if (rs_uuid_cmp(&ls->host, &self) == 0 || find(last, &ls->host, ls->tag) == NULL ||
+        if (rs_uuid_cmp(&ls->host, &self) == 0 || rs_index_find(last, &ls->host, ls->tag) == NULL ||
             (now && now->end >= ls->end))
             continue;
         rs__shard_name(name, sizeof(name), &ls->host, ls->tag);
@@ -275,7 +261,7 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
         uint64_t end = (uint64_t)sqlite3_column_int64(st, 3);
         memcpy(writer.bytes, sqlite3_column_blob(st, 0), 16);
         memcpy(host.bytes, sqlite3_column_blob(st, 1), 16);
-        const rs_shard *now = find(remote, &host, tag);
+        const rs_shard *now = rs_index_find(remote, &host, tag);
         if (now && now->end >= end)
             continue;
         rs_uuid_format(wtext, &writer);
@@ -352,7 +338,7 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
     rs_uuid self;
     rs_store_host(&self, store);
     for (size_t i = 0; i < local->count && err == 0; i++) {
-        const rs_shard *sh = &local->shards[i], *there = find(last, &sh->host, sh->tag);
+        const rs_shard *sh = &local->shards[i], *there = rs_index_find(last, &sh->host, sh->tag);
         uint8_t head[RS_CHAIN_BYTES];
         char hex[2 * RS_CHAIN_BYTES + 1], host[RS_UUID_STRLEN + 1];
         uint64_t end = sh->end;
@@ -365,8 +351,9 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
             continue;
         rs__hex(hex, head, RS_CHAIN_BYTES);
         rs_uuid_format(host, &sh->host);
-        err = rs_buf_printf(&body, "%s{\"host\":\"%s\",\"tag\":\"%s\",\"end\":%llu,\"head\":\"%s\"}",
-                            n++ ? "," : "", host, sh->tag, (unsigned long long)end, hex);
+        err =
+            rs_buf_printf(&body, "%s{\"host\":\"%s\",\"tag\":\"%s\",\"end\":%llu,\"head\":\"%s\"}",
+                          n++ ? "," : "", host, sh->tag, (unsigned long long)end, hex);
     }
     if (err == 0)
         err = rs_buf_puts(&body, "]}");

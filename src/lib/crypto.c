@@ -139,8 +139,7 @@ int rs__key_from_text(rs_key **out, const char *text)
  * id. A server that moves a record to another shard or idx, or edits any
  * header field, makes both AEADs fail.
  */
-static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id,
-                       const char *magic)
+static size_t build_ad(uint8_t *ad, const rs_record *rec, const uint8_t *key_id, const char *magic)
 {
     size_t n = 0, taglen = strlen(rec->tag);
     memcpy(ad + n, rec->id.bytes, 16);
@@ -209,9 +208,9 @@ static int seal(uint8_t *out, const rs_key *key, const rs_record *rec, const cha
         memcpy(out + OFF_CIPHERTEXT, prefix, prefix_len);
         if (len)
             memcpy(out + OFF_CIPHERTEXT + prefix_len, plain, len);
-        crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_CIPHERTEXT, NULL,
-                                                   out + OFF_CIPHERTEXT, prefix_len + len, ad,
-                                                   adlen, NULL, out + OFF_NONCE, cek);
+        crypto_aead_xchacha20poly1305_ietf_encrypt(out + OFF_CIPHERTEXT, NULL, out + OFF_CIPHERTEXT,
+                                                   prefix_len + len, ad, adlen, NULL,
+                                                   out + OFF_NONCE, cek);
     }
     sodium_memzero(fresh, sizeof(fresh));
     return 0;
@@ -244,8 +243,8 @@ int rs__open(uint8_t *out, size_t *out_len, const rs_key *key, const rs_record *
     return rs__open_chained(out, out_len, NULL, NULL, key, rec);
 }
 
-int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained,
-                     const rs_key *key, const rs_record *rec)
+int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained, const rs_key *key,
+                     const rs_record *rec)
 {
     uint8_t ad[AD_MAX], cek[RS_KEY_BYTES], *scratch = NULL;
     char name[200];

@@ -33,6 +33,15 @@ int rs_index_add(rs_index *index, const rs_uuid *host, const char *tag, uint64_t
     return 0;
 }
 
+const rs_shard *rs_index_find(const rs_index *index, const rs_uuid *host, const char *tag)
+{
+    for (size_t i = 0; index && i < index->count; i++)
+        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
+            strcmp(index->shards[i].tag, tag) == 0)
+            return &index->shards[i];
+    return NULL;
+}
+
 void rs_index_free(rs_index *index)
 {
     if (index == NULL)

@@ -298,7 +298,8 @@ static int restore_own(rs_repair_report *r, rs_store *store, rs_client *client, 
              (unsigned long long)d->idx, rs_error_last());
         return 1;
     }
-    if ((err = put_record(store, rec)) < 0 || (err = rs__chain_reshard(store, &d->host, d->tag)) < 0)
+    if ((err = put_record(store, rec)) < 0 ||
+        (err = rs__chain_reshard(store, &d->host, d->tag)) < 0)
         return err;
     r->restored++;
     step(r, cb, payload, 0, "shard %s idx %llu: restored from the server's copy", shard,

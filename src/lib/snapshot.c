@@ -120,10 +120,9 @@ static int frontier_parse(rs_index **out, const json_t *arr, const char *tag)
         e = json_array_get(arr, i);
         const json_t *end = json_object_get(e, "end");
         if (rs_uuid_parse(&host, json_string_value(json_object_get(e, "host"))) < 0 ||
-            !json_is_integer(end) || json_integer_value(end) < 0 ||
-            frontier_end(f, &host) != 0) {
-            err = rs__error(RS_EINVAL, "entry %zu of a snapshot's frontier is not a host and end",
-                            i);
+            !json_is_integer(end) || json_integer_value(end) < 0 || frontier_end(f, &host) != 0) {
+            err =
+                rs__error(RS_EINVAL, "entry %zu of a snapshot's frontier is not a host and end", i);
             break;
         }
         err = rs_index_add(f, &host, tag, 0, (uint64_t)json_integer_value(end));
@@ -182,9 +181,9 @@ static int seal_chunk(uint8_t **out, size_t *out_len, const rs_key *key, const s
     memcpy(env, SNAP_MAGIC, 4);
     memcpy(env + 4, key->id, RS_KEY_ID_BYTES);
     rs__random(env + 4 + RS_KEY_ID_BYTES, NONCE_BYTES);
-    crypto_aead_xchacha20poly1305_ietf_encrypt(env + 4 + RS_KEY_ID_BYTES + NONCE_BYTES, NULL,
-                                               plain, len, ad, adlen, NULL,
-                                               env + 4 + RS_KEY_ID_BYTES, key->bytes);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(env + 4 + RS_KEY_ID_BYTES + NONCE_BYTES, NULL, plain,
+                                               len, ad, adlen, NULL, env + 4 + RS_KEY_ID_BYTES,
+                                               key->bytes);
     *out = env;
     *out_len = len + SNAP_OVERHEAD;
     return 0;
@@ -199,8 +198,8 @@ static int open_chunk(uint8_t **out, size_t *out_len, const rs_key *key, const s
     size_t adlen;
     rs_uuid_format(id, &sk->id);
     if (len < SNAP_OVERHEAD || memcmp(env, SNAP_MAGIC, 4) != 0)
-        return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s is not a sealed chunk", n,
-                         id, sk->tag);
+        return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s is not a sealed chunk", n, id,
+                         sk->tag);
     if (memcmp(env + 4, key->id, RS_KEY_ID_BYTES) != 0) {
         rs__hex(theirs, env + 4, RS_KEY_ID_BYTES);
         rs__hex(ours, key->id, RS_KEY_ID_BYTES);
@@ -283,8 +282,8 @@ static int put_chunk(rs_store *store, const rs_uuid *id, uint32_t n, const uint8
                      size_t len)
 {
     sqlite3_stmt *st = NULL;
-    int err = prep(store, &st,
-                   "INSERT OR REPLACE INTO snapshot_chunks(id, n, data) VALUES (?1, ?2, ?3)");
+    int err =
+        prep(store, &st, "INSERT OR REPLACE INTO snapshot_chunks(id, n, data) VALUES (?1, ?2, ?3)");
     if (err < 0)
         return err;
     sqlite3_bind_blob(st, 1, id->bytes, 16, SQLITE_STATIC);
@@ -347,8 +346,8 @@ static int kept_get(kept *out, rs_store *store, const char *tag)
             frontier_digest(out->sk.digest, out->frontier);
             err = 1;
         } else {
-            err = rs__error(RS_EIO, "store %s: the kept snapshot of %s is corrupt", store->dir,
-                            tag);
+            err =
+                rs__error(RS_EIO, "store %s: the kept snapshot of %s is corrupt", store->dir, tag);
         }
     } else if (rc != SQLITE_DONE) {
         err = rs__sqlite_error(store->db, rc, "reading the kept snapshot");
@@ -396,10 +395,9 @@ static int emit(void *ctx, const void *item, size_t len)
     uint8_t hdr[4];
     int err;
     if (len > RS_SNAPSHOT_ITEM_MAX)
-        return rs__error(RS_ETOOBIG, "a snapshot item of tag %s has %zu bytes, over %u",
-                         w->sk.tag, len, RS_SNAPSHOT_ITEM_MAX);
-    if (w->chunk.len > 0 && w->chunk.len + 4 + len > CHUNK_TARGET &&
-        (err = flush_chunk(w, 0)) < 0)
+        return rs__error(RS_ETOOBIG, "a snapshot item of tag %s has %zu bytes, over %u", w->sk.tag,
+                         len, RS_SNAPSHOT_ITEM_MAX);
+    if (w->chunk.len > 0 && w->chunk.len + 4 + len > CHUNK_TARGET && (err = flush_chunk(w, 0)) < 0)
         return err;
     for (int b = 0; b < 4; b++)
         hdr[b] = (uint8_t)(len >> (24 - 8 * b));
@@ -539,7 +537,8 @@ int rs_snapshot_write(rs_snapshot_info *out, rs_store *store, const char *tag)
         goto fail;
     frontier_digest(w.sk.digest, frontier);
     put_u64(clock, store->clock.last);
-    if ((err = rs_buf_put(&w.chunk, clock, 8)) < 0 || (err = put_heads(&w.chunk, store, frontier)) < 0)
+    if ((err = rs_buf_put(&w.chunk, clock, 8)) < 0 ||
+        (err = put_heads(&w.chunk, store, frontier)) < 0)
         goto fail;
     if ((err = def->snapshot_write(store->db, emit, &w, def->payload)) < 0) {
         rs__error(err, "writing the snapshot of %s: %s", tag, rs_error_last());
@@ -744,14 +743,14 @@ static int load_items(rs_store *store, const rs_tag_def *def, const snap_key *sk
     while (off < len) {
         uint32_t il;
         if (len - off < 4)
-            return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s ends inside an item", n,
-                             id, sk->tag);
+            return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s ends inside an item", n, id,
+                             sk->tag);
         il = (uint32_t)p[off] << 24 | (uint32_t)p[off + 1] << 16 | (uint32_t)p[off + 2] << 8 |
              p[off + 3];
         off += 4;
         if (il > len - off)
-            return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s ends inside an item", n,
-                             id, sk->tag);
+            return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s ends inside an item", n, id,
+                             sk->tag);
         if ((err = def->snapshot_load(store->db, p + off, il, def->payload)) < 0)
             return rs__error(err, "loading snapshot %s of %s: %s", id, sk->tag, rs_error_last());
         off += il;
@@ -923,15 +922,6 @@ static int list_snapshots(listed **out, size_t *count, rs_client *client, const 
     return 0;
 }
 
-static const rs_shard *find(const rs_index *index, const rs_uuid *host, const char *tag)
-{
-    for (size_t i = 0; index && i < index->count; i++)
-        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
-            strcmp(index->shards[i].tag, tag) == 0)
-            return &index->shards[i];
-    return NULL;
-}
-
 /*
  * Whether snapshot `l` of `tag` can be loaded here: it covers every shard
  * of the server up to at least its start (else the records between are
@@ -965,7 +955,8 @@ static int usable(const listed *l, const char *tag, const rs_index *local, const
                              (unsigned long long)rs->end);
     }
     for (size_t i = 0; i < l->frontier->count; i++)
-        if (l->frontier->shards[i].end > 0 && find(remote, &l->frontier->shards[i].host, tag) == NULL)
+        if (l->frontier->shards[i].end > 0 &&
+            rs_index_find(remote, &l->frontier->shards[i].host, tag) == NULL)
             return rs__error(RS_ESERVER,
                              "server %s offers snapshot %s of %s covering a shard its index "
                              "does not have",
@@ -1052,7 +1043,7 @@ static int cut_to_frontier(rs_store *store, const char *tag, const rs_index *fro
 {
     int err = 0;
     for (size_t i = 0; i < frontier->count && err == 0; i++) {
-        const rs_shard *f = &frontier->shards[i], *ls = find(local, &f->host, tag);
+        const rs_shard *f = &frontier->shards[i], *ls = rs_index_find(local, &f->host, tag);
         uint64_t end = ls && ls->end > f->end ? ls->end : f->end;
         uint8_t head[RS_CHAIN_BYTES], mine[RS_CHAIN_BYTES];
         int has = header_head(head, first, first_len, &f->host, f->end), known = 0;
@@ -1069,8 +1060,9 @@ static int cut_to_frontier(rs_store *store, const char *tag, const rs_index *fro
                             name, (unsigned long long)f->end);
         }
         if (err < 0 ||
-            (err = shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
-                              &f->host, tag, f->end, "cutting a shard to a snapshot")) < 0 ||
+            (err =
+                 shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
+                            &f->host, tag, f->end, "cutting a shard to a snapshot")) < 0 ||
             (err = prep(store, &st,
                         "INSERT INTO shards(host, tag, start, end, start_head) "
                         "VALUES (?1, ?2, ?3, ?4, ?5) "
@@ -1084,8 +1076,9 @@ static int cut_to_frontier(rs_store *store, const char *tag, const rs_index *fro
         else
             sqlite3_bind_null(st, 5);
         if ((err = done_step(store, st, "cutting a shard to a snapshot")) == 0 && end == f->end)
-            err = shard_exec(store, "UPDATE shards SET head = start_head WHERE host = ?1 AND "
-                                    "tag = ?2 AND end = ?3",
+            err = shard_exec(store,
+                             "UPDATE shards SET head = start_head WHERE host = ?1 AND "
+                             "tag = ?2 AND end = ?3",
                              &f->host, tag, end, "cutting a shard to a snapshot");
     }
     return err;
@@ -1096,8 +1089,8 @@ static int cut_to_frontier(rs_store *store, const char *tag, const rs_index *fro
  * tag's shards cut to its frontier, and the state rebuilt from it plus every
  * record the store holds above it, in one transaction: all or nothing.
  */
-static int load_listed(rs_snapshot_info *info, rs_store *store, rs_client *client,
-                       const listed *l, const char *tag, const rs_index *local)
+static int load_listed(rs_snapshot_info *info, rs_store *store, rs_client *client, const listed *l,
+                       const char *tag, const rs_index *local)
 {
     uint8_t *buf = NULL, *first = NULL;
     size_t cap = 0, first_len = 0;
@@ -1210,7 +1203,7 @@ int rs__snapshot_compact(uint64_t *out, rs_store *store, const rs_index *remote)
     if ((err = rs_store_index(&local, store)) < 0)
         return err;
     for (size_t i = 0; i < local->count && err == 0; i++) {
-        const rs_shard *ls = &local->shards[i], *rs = find(remote, &ls->host, ls->tag);
+        const rs_shard *ls = &local->shards[i], *rs = rs_index_find(remote, &ls->host, ls->tag);
         kept k;
         uint64_t to;
         int found;
@@ -1233,8 +1226,9 @@ int rs__snapshot_compact(uint64_t *out, rs_store *store, const rs_index *remote)
         int known = 0;
         sqlite3_stmt *st = NULL;
         if ((err = rs__chain_head_before(head, &known, store, &ls->host, ls->tag, to)) < 0 ||
-            (err = shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
-                              &ls->host, ls->tag, to, "compacting a shard")) < 0 ||
+            (err =
+                 shard_exec(store, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx < ?3",
+                            &ls->host, ls->tag, to, "compacting a shard")) < 0 ||
             (err = prep(store, &st,
                         "UPDATE shards SET start = ?3, start_head = ?4 WHERE host = ?1 AND "
                         "tag = ?2")) < 0)

@@ -47,7 +47,7 @@ typedef struct rs_sync_snaps {
         char tag[RS_TAG_MAX + 1];
         int code;
         char reason[600];
-    } *gone;
+    } * gone;
     size_t gone_count;
     uint64_t compacted;
 } rs_sync_snaps;

@@ -593,15 +593,6 @@ static int compare_local(const rs_record *rec, void *payload)
     return 0;
 }
 
-static const rs_shard *find_shard(const rs_index *index, const rs_uuid *host, const char *tag)
-{
-    for (size_t i = 0; index && i < index->count; i++)
-        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
-            strcmp(index->shards[i].tag, tag) == 0)
-            return &index->shards[i];
-    return NULL;
-}
-
 /*
  * The checks made before anything is written, here or on the server:
  * - a shard to download is not pruned past the local end;
@@ -632,7 +623,7 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
             continue;
         }
         downloads = 1;
-        const rs_shard *rs = find_shard(remote, &op->host, op->tag);
+        const rs_shard *rs = rs_index_find(remote, &op->host, op->tag);
         if (rs && rs->start > op->from) {
             /* Never past pruned records: they may hold deletes (sync_snap.c). */
             int code = RS_EGONE;
@@ -655,11 +646,11 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
         local_match m = {0};
         if (rs_uuid_cmp(&ls->host, &ctx->self) != 0)
             continue;
-        rs = find_shard(remote, &ls->host, ls->tag);
+        rs = rs_index_find(remote, &ls->host, ls->tag);
         /* The diff refused a server ahead of the store: here rs->end <= ls->end. */
         if (rs == NULL || rs->end == 0 || rs->end <= rs->start || rs->end <= ls->start)
             continue;
-        before = find_shard(last, &ls->host, ls->tag);
+        before = rs_index_find(last, &ls->host, ls->tag);
         if (before && before->end == rs->end)
             continue;
         if ((err = fetch_one(ctx, &ls->host, ls->tag, rs->end - 1)) < 0)
@@ -1066,7 +1057,7 @@ static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *d
             continue;
         if (moved[i] == 0)
             continue;
-        sh = (rs_shard *)find_shard(idx, &op->host, op->tag);
+        sh = (rs_shard *)rs_index_find(idx, &op->host, op->tag);
         if (sh)
             sh->end = op->from + moved[i];
         else
@@ -1306,7 +1297,8 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
         goto done;
     progress(&ctx, 0);
     if ((err = download_all(&ctx)) < 0 || (err = confirm_uploads(&ctx, remote)) < 0 ||
-        (err = upload_all(&ctx)) < 0 || (err = rs__chain_audit(store, rs__client_url(ctx.client))) < 0)
+        (err = upload_all(&ctx)) < 0 ||
+        (err = rs__chain_audit(store, rs__client_url(ctx.client))) < 0)
         goto done;
     progress(&ctx, ctx.total);
     if ((err = make_report(&report, &ctx, started)) < 0 ||

@@ -60,15 +60,6 @@ const char *rs__sync_gone(const rs_sync_snaps *s, const char *tag, int *code)
     return NULL;
 }
 
-static const rs_shard *find(const rs_index *index, const rs_uuid *host, const char *tag)
-{
-    for (size_t i = 0; index && i < index->count; i++)
-        if (rs_uuid_cmp(&index->shards[i].host, host) == 0 &&
-            strcmp(index->shards[i].tag, tag) == 0)
-            return &index->shards[i];
-    return NULL;
-}
-
 /* Whether the store lacks records of `tag` that the server pruned (must load a snapshot). */
 static int pruned_past(const char *tag, const rs_index *local, const rs_index *remote)
 {
@@ -76,7 +67,7 @@ static int pruned_past(const char *tag, const rs_index *local, const rs_index *r
         const rs_shard *rs = &remote->shards[i], *ls;
         if (strcmp(rs->tag, tag) != 0 || rs->start == 0)
             continue;
-        ls = find(local, &rs->host, tag);
+        ls = rs_index_find(local, &rs->host, tag);
         if ((ls ? ls->end : 0) < rs->start)
             return 1;
     }
@@ -152,7 +143,7 @@ static int ack(rs_store *store, rs_client *client, const rs_index *remote)
     size_t n = 0;
     for (size_t i = 0; i < local->count; i++) {
         rs_shard sh = local->shards[i];
-        const rs_shard *rs = find(remote, &sh.host, sh.tag);
+        const rs_shard *rs = rs_index_find(remote, &sh.host, sh.tag);
         if (rs == NULL)
             continue;
         sh.start = 0;
@@ -166,8 +157,7 @@ static int ack(rs_store *store, rs_client *client, const rs_index *remote)
         goto done;
     if (local->count == 0)
         goto done;
-    if ((err = rs__client_request(&resp, NULL, client, "/api/v1/acks", body.ptr, body.len, 1)) <
-        0)
+    if ((err = rs__client_request(&resp, NULL, client, "/api/v1/acks", body.ptr, body.len, 1)) < 0)
         goto done;
     err = rs_store_meta_set(store, META_ACKED, body.ptr);
 done:

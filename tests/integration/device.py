@@ -166,6 +166,23 @@ class Device:
     def verify(self):
         return self.run("verify")
 
+    def setting(self, name):
+        """A setting of the store's meta table (sync.token, sync.user, ...), or None."""
+        con = self._connect()
+        try:
+            row = con.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        finally:
+            con.close()
+        return row[0] if row else None
+
+    @property
+    def token(self):
+        return self.setting("sync.token")
+
+    @property
+    def user(self):
+        return self.setting("sync.user")
+
     @property
     def host(self):
         if self._host is None:

@@ -37,6 +37,7 @@ import secrets
 import select
 import shutil
 import signal
+import sqlite3
 import socket
 import struct
 import subprocess
@@ -545,6 +546,30 @@ class ServerProcess:
             return "(no log)"
 
     # -- talking to it --
+
+    def blob(self, uuid_text):
+        """A UUID as a blob literal of this server's SQL (for sql())."""
+        h = uuid_text.replace("-", "")
+        return "x'%s'" % h if self.db.name == "sqlite" else "'\\x%s'::bytea" % h
+
+    def sql(self, *stmts):
+        """Runs statements on the server's own database in one transaction, as a
+        server operator (or attacker) editing it would: tamper tests."""
+        if self.db.name == "sqlite":
+            con = sqlite3.connect(self.db.url, timeout=30)
+            try:
+                for st in stmts:
+                    con.execute(st)
+                con.commit()
+            finally:
+                con.close()
+            return
+        psql = os.path.join(pg_bindir(), "psql")
+        out = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+                              self.db.url.replace("postgres:///", "postgresql:///"),
+                              "-c", "BEGIN; " + "; ".join(stmts) + "; COMMIT"],
+                             capture_output=True, timeout=60)
+        self.test.assertEqual(out.returncode, 0, out.stderr)
 
     def client(self, token=None, timeout=HTTP_TIMEOUT):
         c = Client(self.port, token=token, timeout=timeout)

@@ -25,15 +25,9 @@ import time
 import unittest
 
 from device import Device, make_devices, server_url
-from harness import Client, ServerProcess, pg_bindir, recsync_bin
+from harness import Client, ServerProcess, recsync_bin
 
 
-def token_of(device):
-    con = sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True, timeout=30)
-    try:
-        return con.execute("SELECT value FROM meta WHERE name = 'sync.token'").fetchone()[0]
-    finally:
-        con.close()
 
 
 def kv_state(device):
@@ -64,7 +58,7 @@ class SnapshotTest(unittest.TestCase):
                                                 "0"], hooks=True)
 
     def prune(self, device):
-        c = Client(self.server.port, token=token_of(device), timeout=30)
+        c = Client(self.server.port, token=device.token, timeout=30)
         try:
             r = c.post("/api/v1/test/prune", {})
         finally:
@@ -73,7 +67,7 @@ class SnapshotTest(unittest.TestCase):
         return r.json
 
     def remote_shards(self, device):
-        c = Client(self.server.port, token=token_of(device), timeout=30)
+        c = Client(self.server.port, token=device.token, timeout=30)
         try:
             r = c.get("/api/v1/index")
         finally:
@@ -95,7 +89,7 @@ class SnapshotTest(unittest.TestCase):
         a.sync()
 
         b = Device(self, "b", key=a.key_export())
-        b.login(server_url(self.server), a_user(a), a.password)
+        b.login(server_url(self.server), a.user, a.password)
         rep = b.sync()
         loaded = [s for s in rep["snapshots"] if s["action"] == "loaded"]
         self.assertEqual([s["tag"] for s in loaded], ["kv"], rep)
@@ -177,7 +171,7 @@ class SnapshotTest(unittest.TestCase):
         self.assertEqual([s["id"] for s in self.snapshots(a)], [old["id"]])
 
         d = Device(self, "d", key=a.key_export())
-        d.login(server_url(self.server), a_user(a), a.password)
+        d.login(server_url(self.server), a.user, a.password)
         r = d.run("sync", "--json", expect=3)
         rep = r.json
         self.assertEqual(rep["snapshots"], [])
@@ -209,7 +203,7 @@ class SnapshotTest(unittest.TestCase):
     # -- helpers reading the server's records of snapshots --
 
     def snapshots(self, device):
-        c = Client(self.server.port, token=token_of(device), timeout=30)
+        c = Client(self.server.port, token=device.token, timeout=30)
         try:
             r = c.get("/api/v1/snapshots?tag=kv")
         finally:
@@ -222,27 +216,8 @@ class SnapshotTest(unittest.TestCase):
         for s in self.snapshots(device):
             if s["id"] == keep:
                 continue
-            hexid = s["id"].replace("-", "")
-            stmts = ["DELETE FROM %s WHERE id = %s" % (t, "x'%s'" % hexid if self.sqlite()
-                                                       else "'\\x%s'::bytea" % hexid)
-                     for t in ("snapshot_chunks", "snapshot_frontier", "snapshots")]
-            if self.sqlite():
-                con = sqlite3.connect(self.server.db.url, timeout=30)
-                try:
-                    for st in stmts:
-                        con.execute(st)
-                    con.commit()
-                finally:
-                    con.close()
-            else:
-                psql = os.path.join(pg_bindir(), "psql")
-                out = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
-                                      self.server.db.url.replace("postgres:///", "postgresql:///"),
-                                      "-c", "; ".join(stmts)], capture_output=True, timeout=60)
-                self.assertEqual(out.returncode, 0, out.stderr)
-
-    def sqlite(self):
-        return self.server.db.name == "sqlite"
+            self.server.sql(*["DELETE FROM %s WHERE id = %s" % (t, self.server.blob(s["id"]))
+                              for t in ("snapshot_chunks", "snapshot_frontier", "snapshots")])
 
 
 class SnapshotCrashTest(unittest.TestCase):
@@ -293,9 +268,9 @@ class SnapshotCrashTest(unittest.TestCase):
         a.verify()
 
         b = Device(self, "b", key=a.key_export())
-        b.login(server_url(self.server), a_user(a), a.password)
+        b.login(server_url(self.server), a.user, a.password)
         probe = Device(self, "probe", key=a.key_export())
-        probe.login(server_url(self.server), a_user(a), a.password)
+        probe.login(server_url(self.server), a.user, a.password)
         span = self.timed(probe, "sync")
         killed += self.kill_during(b, span, "sync")
         self.assertGreater(killed, 0, "some kills landed before the command ended")
@@ -322,7 +297,7 @@ class SnapshotCrashTest(unittest.TestCase):
             done = threading.Event()
 
             def prune():
-                c = Client(self.server.port, token=token_of(a), timeout=30)
+                c = Client(self.server.port, token=a.token, timeout=30)
                 try:
                     c.post("/api/v1/test/prune", {})
                     done.set()
@@ -338,7 +313,7 @@ class SnapshotCrashTest(unittest.TestCase):
             t.join(30)
             landed += not done.is_set()
             self.server.start()
-            c = Client(self.server.port, token=token_of(a), timeout=30)
+            c = Client(self.server.port, token=a.token, timeout=30)
             try:
                 r = c.get("/api/v1/index")
                 self.assertEqual(r.status, 200, r)
@@ -358,23 +333,17 @@ class SnapshotCrashTest(unittest.TestCase):
             finally:
                 c.close()
         self.assertGreater(landed, 0, "some kills landed while the prune pass ran")
-        c = Client(self.server.port, token=token_of(a), timeout=30)
+        c = Client(self.server.port, token=a.token, timeout=30)
         try:
             self.assertEqual(c.post("/api/v1/test/prune", {}).status, 200)
         finally:
             c.close()
         d = Device(self, "d", key=a.key_export())
-        d.login(server_url(self.server), a_user(a), a.password)
+        d.login(server_url(self.server), a.user, a.password)
         d.sync()
         d.verify()
         self.assertEqual(history_state(d), history_state(a))
 
-def a_user(device):
-    con = sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True, timeout=30)
-    try:
-        return con.execute("SELECT value FROM meta WHERE name = 'sync.user'").fetchone()[0]
-    finally:
-        con.close()
 
 
 def history_ids(device, text):

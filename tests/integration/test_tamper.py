@@ -27,7 +27,6 @@ The replay of an older snapshot than the index allows is in test_snapshots.
 import os
 import shutil
 import sqlite3
-import subprocess
 import threading
 import unittest
 import urllib.parse
@@ -36,34 +35,11 @@ import http.server
 import socket
 
 from device import Device, make_devices, server_url
-from harness import ServerProcess, make_database, make_tempdir, pg_bindir
-
-
-def blob(server, uuid_text):
-    h = uuid_text.replace("-", "")
-    return "x'%s'" % h if server.db.name == "sqlite" else "'\\x%s'::bytea" % h
-
-
-def server_sql(test, server, *stmts):
-    if server.db.name == "sqlite":
-        con = sqlite3.connect(server.db.url, timeout=30)
-        try:
-            for st in stmts:
-                con.execute(st)
-            con.commit()
-        finally:
-            con.close()
-        return
-    psql = os.path.join(pg_bindir(), "psql")
-    out = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
-                          server.db.url.replace("postgres:///", "postgresql:///"),
-                          "-c", "BEGIN; " + "; ".join(stmts) + "; COMMIT"],
-                         capture_output=True, timeout=60)
-    test.assertEqual(out.returncode, 0, out.stderr)
+from harness import ServerProcess, make_database, make_tempdir
 
 
 def where(server, host, tag):
-    return "host = %s AND tag = '%s'" % (blob(server, host), tag)
+    return "host = %s AND tag = '%s'" % (server.blob(host), tag)
 
 
 class TamperTest(unittest.TestCase):
@@ -95,8 +71,7 @@ class TamperTest(unittest.TestCase):
 
     def test_truncating_a_shard_is_a_rollback_for_every_device_that_saw_it(self):
         a, b = self.two()
-        server_sql(self, self.server,
-                   "DELETE FROM records WHERE %s AND idx >= 4" % where(self.server, a.host, "notes"),
+        self.server.sql("DELETE FROM records WHERE %s AND idx >= 4" % where(self.server, a.host, "notes"),
                    "UPDATE shards SET end_idx = 4 WHERE %s" % where(self.server, a.host, "notes"))
         shard = "%s/notes" % a.host
         self.assert_refused(b, shard, "idx 4", "6", "rolled")
@@ -105,8 +80,7 @@ class TamperTest(unittest.TestCase):
     def test_deleting_and_renumbering_is_caught(self):
         a, b = self.two()
         w = where(self.server, a.host, "notes")
-        server_sql(self, self.server,
-                   "DELETE FROM records WHERE %s AND idx = 2" % w,
+        self.server.sql("DELETE FROM records WHERE %s AND idx = 2" % w,
                    "UPDATE records SET idx = -idx WHERE %s AND idx > 2" % w,
                    "UPDATE records SET idx = -idx - 1 WHERE %s AND idx < 0" % w,
                    "UPDATE shards SET end_idx = 5 WHERE %s" % w)
@@ -114,7 +88,7 @@ class TamperTest(unittest.TestCase):
         self.assert_refused(b, shard, "rolled")
         # A new device pulls: the record now at idx 2 does not open there.
         c = Device(self, "c", key=a.key_export())
-        c.login(server_url(self.server), user_of(a), a.password)
+        c.login(server_url(self.server), a.user, a.password)
         r = c.run("sync", "--json", "--page-records", "1", expect=3)
         held = r.json["held"]
         self.assertEqual([(h["host"], h["tag"], h["idx"], h["error"]) for h in held],
@@ -126,14 +100,13 @@ class TamperTest(unittest.TestCase):
     def test_reordering_two_records_is_caught_by_the_device_that_reads_them(self):
         a, b = self.two()
         w = where(self.server, a.host, "notes")
-        server_sql(self, self.server,
-                   "UPDATE records SET idx = -1 WHERE %s AND idx = 1" % w,
+        self.server.sql("UPDATE records SET idx = -1 WHERE %s AND idx = 1" % w,
                    "UPDATE records SET idx = 1 WHERE %s AND idx = 2" % w,
                    "UPDATE records SET idx = 2 WHERE %s AND idx = -1" % w)
         # b already holds both: nothing of its changes, its sync has nothing to do.
         self.assertEqual(b.sync()["outcome"], "noop")
         c = Device(self, "c", key=a.key_export())
-        c.login(server_url(self.server), user_of(a), a.password)
+        c.login(server_url(self.server), a.user, a.password)
         r = c.run("sync", "--json", "--page-records", "1", expect=3)
         self.assertEqual([(h["idx"], h["error"]) for h in r.json["held"]], [(1, "damaged")])
         c.verify()
@@ -206,7 +179,7 @@ class ForkTest(unittest.TestCase):
         s1 = ServerProcess(self)
         a, b = make_devices(self, s1, 2, names=["a", "b"])
         proxy = ForkProxy(self, s1.port, s1.port, a.host)
-        b.run("login", "--server", "http://127.0.0.1:%d" % proxy.port, "--user", user_of(a))
+        b.run("login", "--server", "http://127.0.0.1:%d" % proxy.port, "--user", a.user)
         a.append_lines("notes", ["same%d" % i for i in range(3)])
         a.sync()
         b.sync()
@@ -223,7 +196,7 @@ class ForkTest(unittest.TestCase):
         a2 = Device(self, "a2", init=False)
         a2.dir = a2dir
         a2.password = a.password
-        a2.run("login", "--server", server_url(s2), "--user", user_of(a))
+        a2.run("login", "--server", server_url(s2), "--user", a.user)
         a2.append_lines("notes", ["other%d" % i for i in range(3)])
         a2.sync()
         a.append_lines("notes", ["real%d" % i for i in range(3)])
@@ -309,12 +282,6 @@ class ForkProxy:
         self.thread.join(10)
 
 
-def user_of(device):
-    con = sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True, timeout=30)
-    try:
-        return con.execute("SELECT value FROM meta WHERE name = 'sync.user'").fetchone()[0]
-    finally:
-        con.close()
 
 
 def payloads(device, tag="notes"):

@@ -23,8 +23,7 @@ static void kv_dump(rs_store *store, char *out, size_t size)
         len += (size_t)snprintf(out + len, size - len, "%s/%s=%s d%d %lld %s\n",
                                 sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
                                 sqlite3_column_text(st, 2), sqlite3_column_int(st, 3),
-                                (long long)sqlite3_column_int64(st, 4),
-                                sqlite3_column_text(st, 5));
+                                (long long)sqlite3_column_int64(st, 4), sqlite3_column_text(st, 5));
     sqlite3_finalize(st);
 }
 
@@ -56,8 +55,8 @@ static rs_index *pruned_everything(rs_store *store)
     rs_index *local = NULL, *remote = calloc(1, sizeof(*remote));
     OK(rs_store_index(&local, store));
     for (size_t i = 0; i < local->count; i++)
-        OK(rs_index_add(remote, &local->shards[i].host, local->shards[i].tag,
-                        local->shards[i].end, local->shards[i].end));
+        OK(rs_index_add(remote, &local->shards[i].host, local->shards[i].tag, local->shards[i].end,
+                        local->shards[i].end));
     rs_index_free(local);
     return remote;
 }
@@ -230,14 +229,14 @@ static void snapshot_of_an_empty_tag(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(snapshot_compact_verify_rebuild_keeps_the_state,
-                                        test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(snapshot_compact_verify_rebuild_keeps_the_state, test_setup,
+                                        test_teardown),
         cmocka_unit_test_setup_teardown(snapshot_of_history_keeps_rows_tombstones_and_search,
                                         test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(snapshot_altered_in_the_store_is_caught, test_setup,
                                         test_teardown),
-        cmocka_unit_test_setup_teardown(compacted_shard_without_a_snapshot_fails_verify,
-                                        test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(compacted_shard_without_a_snapshot_fails_verify, test_setup,
+                                        test_teardown),
         cmocka_unit_test_setup_teardown(snapshot_of_an_unknown_tag_is_refused, test_setup,
                                         test_teardown),
         cmocka_unit_test_setup_teardown(snapshot_of_an_empty_tag, test_setup, test_teardown),
