@@ -1,19 +1,26 @@
 /*
  * Shell integration: `recsync init zsh|bash|fish` prints the hook script
- * (src/cli/shell/recsync.*, compiled in), `history start|end|session` are
- * what the hooks run, and the background sync they start after commands,
- * whose failures `recsync status` shows.
+ * (src/cli/shell/recsync.*, compiled in); `history agent|start|end|session`
+ * are what the hooks run; and the background sync after commands, whose
+ * failures `recsync status` shows.
  *
- * The hooks run `history start` when a command starts and `history end`
- * when it ends, each as a background process the shell does not wait for:
- * the prompt's cost is one fork. Both name the entry by the shell's session
- * id and the command's number in it (rs_history_hook_id), so the end's
- * record completes the start's; a command still running when its shell is
- * killed keeps the start's record.
+ * A shell that loads the hook starts one `history agent` (cli_history_agent),
+ * which prints the shell's session id and a spool file DIR/spool/SESSION
+ * and stays in the background until the shell is gone. The hooks append a
+ * line to the spool when a command starts and when it ends, with shell
+ * builtins: the prompt pays an append, no fork. The agent reads the spool
+ * every AGENT_POLL_MS and records each entry. When no agent runs (it could
+ * not start, or died), the hooks run `history start` and `history end`
+ * instead, each as a background process the shell does not wait for: the
+ * prompt pays one fork. Either way the start and the end name the entry by
+ * the session id and the command's number in it (rs_history_hook_id), so
+ * the end's record completes the start's; a command still running when its
+ * shell is killed keeps the start's record.
  *
- * The background sync: after writing, `history end` syncs when the last
- * sync it started is older than $RECSYNC_SYNC_INTERVAL seconds (default
- * 300; 0: after every command) and the store has a server. An flock on
+ * The background sync: after writing an end, the agent (or `history end`)
+ * syncs when the last sync a hook started is older than
+ * $RECSYNC_SYNC_INTERVAL seconds (default 300; 0: after every command) and
+ * the store has a server. An flock on
  * DIR/shell-sync.lock taken without waiting keeps it to one at a time;
  * DIR/shell-sync.last's mtime is when the last one started; a failure is
  * kept in DIR/shell-sync.error until a sync succeeds, never printed into
