@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # bench_hooks.sh: the time the shell hooks (recsync init zsh|bash|fish) add
-# to each command, as the shell sees it: the preexec and precmd hooks, each
-# of which starts one recsync process in the background and waits for
-# nothing else. Each sample is one command's pair of hooks.
+# to each command, as the shell sees it: the preexec and precmd hooks. Each
+# appends a line to the shell's spool file with builtins, for the
+# `recsync history agent` that the hook script started with the shell (the
+# agent records it off the prompt path). Each sample is one command's pair
+# of hooks.
 #
 #   bench/bench_hooks.sh [N]       N commands per shell (default 300)
 #
 # Environment: RECSYNC, the binary (default <repo>/build-bench/bin/recsync);
-# BENCH_GAP, seconds between commands (default 0.05, so the background
-# processes of one command finish before the next, as when a person types).
+# BENCH_GAP, seconds between commands (default 0.05, as when a person types).
 #
 # stdout: one JSON line per shell,
-#   {"bench":"hook_latency","shell":"zsh","n":300,"p50_ms":..,"p99_ms":..,"max_ms":..}
-# (fish has no sub-second clock of its own: its line has the mean only,
-# the loop's time less the same loop without the hooks, over N), then
-# {"bench":"hook_background",...}: what the background `history start` and
-# `history end` processes take together per command, run in the foreground.
+#   {"bench":"hook_latency","shell":"zsh","n":300,"p50_ms":..,"p99_ms":..,"max_ms":..,
+#    "shell_cpu_ms_per_cmd":..}
+# and a "fork_baseline" line per shell: the same loop with two bare
+# background forks instead of the hooks, which is what hooks that start a
+# process per command (the hooks' fallback when no agent runs) cost at
+# least. fish has no sub-second clock of its own: its line has the mean
+# only, the loop's time less the same loop without the hooks, over N. Last,
+# {"bench":"hook_background",...}: the fallback's `history start` and
+# `history end` processes per command, run in the foreground.
 # Shells that are not installed are skipped with a message on stderr.
 set -euo pipefail
 

@@ -80,6 +80,7 @@ int cmd_account(cli *c, int argc, char **argv);
 int cmd_init_shell(cli *c, int argc, char **argv);
 int cli_history_hook(cli *c, int argc, char **argv);
 int cli_history_session(cli *c, int argc, char **argv);
+int cli_history_agent(cli *c, int argc, char **argv);
 /* For `recsync status`: the shell hooks' background sync and its failures (text only). */
 void cli_shell_status(cli *c, bool json);
 

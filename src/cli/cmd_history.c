@@ -420,5 +420,7 @@ int cmd_history(cli *c, int argc, char **argv)
         return cli_history_hook(c, argc - 1, argv + 1);
     if (strcmp(sub, "session") == 0)
         return cli_history_session(c, argc - 1, argv + 1);
+    if (strcmp(sub, "agent") == 0)
+        return cli_history_agent(c, argc - 1, argv + 1);
     return cli_usage(history_usage, "unknown history command '%s'", sub);
 }

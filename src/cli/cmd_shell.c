@@ -1,19 +1,26 @@
 /*
  * Shell integration: `recsync init zsh|bash|fish` prints the hook script
- * (src/cli/shell/recsync.*, compiled in), `history start|end|session` are
- * what the hooks run, and the background sync they start after commands,
- * whose failures `recsync status` shows.
+ * (src/cli/shell/recsync.*, compiled in); `history agent|start|end|session`
+ * are what the hooks run; and the background sync after commands, whose
+ * failures `recsync status` shows.
  *
- * The hooks run `history start` when a command starts and `history end`
- * when it ends, each as a background process the shell does not wait for:
- * the prompt's cost is one fork. Both name the entry by the shell's session
- * id and the command's number in it (rs_history_hook_id), so the end's
- * record completes the start's; a command still running when its shell is
- * killed keeps the start's record.
+ * A shell that loads the hook starts one `history agent` (cli_history_agent),
+ * which prints the shell's session id and a spool file DIR/spool/SESSION
+ * and stays in the background until the shell is gone. The hooks append a
+ * line to the spool when a command starts and when it ends, with shell
+ * builtins: the prompt pays an append, no fork. The agent reads the spool
+ * every AGENT_POLL_MS and records each entry. When no agent runs (it could
+ * not start, or died), the hooks run `history start` and `history end`
+ * instead, each as a background process the shell does not wait for: the
+ * prompt pays one fork. Either way the start and the end name the entry by
+ * the session id and the command's number in it (rs_history_hook_id), so
+ * the end's record completes the start's; a command still running when its
+ * shell is killed keeps the start's record.
  *
- * The background sync: after writing, `history end` syncs when the last
- * sync it started is older than $RECSYNC_SYNC_INTERVAL seconds (default
- * 300; 0: after every command) and the store has a server. An flock on
+ * The background sync: after writing an end, the agent (or `history end`)
+ * syncs when the last sync a hook started is older than
+ * $RECSYNC_SYNC_INTERVAL seconds (default 300; 0: after every command) and
+ * the store has a server. An flock on
  * DIR/shell-sync.lock taken without waiting keeps it to one at a time;
  * DIR/shell-sync.last's mtime is when the last one started; a failure is
  * kept in DIR/shell-sync.error until a sync succeeds, never printed into
@@ -22,6 +29,7 @@
  */
 #include "cli.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
@@ -382,19 +390,56 @@ static void maybe_sync(cli *c, rs_store *store)
 }
 
 /*
- * history start / history end: record the entry the hook names. Nothing is
- * printed; the exit status says whether it was written. A command the
- * ignore rules keep out writes nothing (end still syncs).
+ * Writes the entry a hook's start (end false) or end names, unless the
+ * ignore rules keep its command out (0 then too).
+ */
+static int record_hook(rs_store *store, const hook_args *a, bool end)
+{
+    rs_history_entry e;
+    rs_history_filter filter;
+    found_entry found;
+    char cwd[PATH_MAX];
+
+    if (ignored(a->command))
+        return 0;
+    memset(&e, 0, sizeof(e));
+    rs_history_hook_id(&e.id, a->session, a->seq);
+    e.command = a->command;
+    e.cwd = a->cwd ? a->cwd : getcwd(cwd, sizeof(cwd)) ? cwd : "";
+    e.session = a->session;
+    e.exit_code = end ? a->exit_code : -1;
+    e.duration_ms = -1;
+    if (end && a->duration_ms >= 0)
+        e.duration_ms = a->duration_ms;
+    else if (end && a->start_ms >= 0 && a->end_ms >= a->start_ms)
+        e.duration_ms = a->end_ms - a->start_ms;
+    e.time_ms = a->start_ms > 0 ? a->start_ms : 0;
+    if (end && e.time_ms == 0) {
+        /* fish gives no start time: the start's entry has it. */
+        memset(&filter, 0, sizeof(filter));
+        memset(&found, 0, sizeof(found));
+        found.id = e.id;
+        filter.session = a->session;
+        filter.limit = 16;
+        if (rs_history_find(store, &filter, match_id, &found) >= 0 && found.found)
+            e.time_ms = found.time_ms;
+        else if (e.duration_ms >= 0 && (int64_t)rs_now_ms() > e.duration_ms)
+            e.time_ms = (int64_t)rs_now_ms() - e.duration_ms;
+    }
+    return rs_history_add(NULL, store, &e);
+}
+
+/*
+ * history start / history end: record the entry the hook names (the
+ * hooks' way when no agent runs). Nothing is printed; the exit status says
+ * whether it was written. A command the ignore rules keep out writes
+ * nothing (end still syncs).
  */
 int cli_history_hook(cli *c, int argc, char **argv)
 {
     bool end = strcmp(argv[0], "end") == 0;
-    rs_history_entry e;
-    rs_history_filter filter;
-    found_entry found;
     hook_args a;
     rs_store *store = NULL;
-    char cwd[PATH_MAX];
     int rc, err;
 
     if ((rc = parse_hook_args(&a, argc, argv)) != EXIT_OK)
@@ -404,37 +449,307 @@ int cli_history_hook(cli *c, int argc, char **argv)
     setsid();
     if (cli_open(&store, c) != 0)
         return EXIT_FAIL;
-    memset(&e, 0, sizeof(e));
-    rs_history_hook_id(&e.id, a.session, a.seq);
-    e.command = a.command;
-    e.cwd = a.cwd ? a.cwd : getcwd(cwd, sizeof(cwd)) ? cwd : "";
-    e.session = a.session;
-    e.exit_code = end ? a.exit_code : -1;
-    e.duration_ms = -1;
-    if (end && a.duration_ms >= 0)
-        e.duration_ms = a.duration_ms;
-    else if (end && a.start_ms >= 0 && a.end_ms >= a.start_ms)
-        e.duration_ms = a.end_ms - a.start_ms;
-    e.time_ms = a.start_ms > 0 ? a.start_ms : 0;
-    if (end && e.time_ms == 0) {
-        /* fish gives no start time: the start's entry has it. */
-        memset(&filter, 0, sizeof(filter));
-        memset(&found, 0, sizeof(found));
-        found.id = e.id;
-        filter.session = a.session;
-        filter.limit = 16;
-        if (rs_history_find(store, &filter, match_id, &found) >= 0 && found.found)
-            e.time_ms = found.time_ms;
-        else if (e.duration_ms >= 0 && (int64_t)rs_now_ms() > e.duration_ms)
-            e.time_ms = (int64_t)rs_now_ms() - e.duration_ms;
-    }
-    rc = EXIT_OK;
-    if (!ignored(a.command) && (err = rs_history_add(NULL, store, &e)) < 0)
+    if ((err = record_hook(store, &a, end)) < 0)
         rc = cli_fail(end ? "history end" : "history start", err);
     if (end)
         maybe_sync(c, store);
     rs_store_free(store);
     return rc;
+}
+
+/* ---- the agent: hooks that append to a spool file instead of forking ---- */
+
+#define AGENT_POLL_MS 100
+
+static volatile sig_atomic_t agent_stop;
+
+static void agent_on_term(int sig)
+{
+    (void)sig;
+    agent_stop = 1;
+}
+#define RECORD_END "\036"
+
+/* Undoes the hooks' escaping in place: "\\" "\n" "\t". */
+static void unescape(char *s)
+{
+    char *o = s;
+    for (; *s; s++) {
+        if (*s == '\\' && (s[1] == '\\' || s[1] == 'n' || s[1] == 't')) {
+            s++;
+            *o++ = *s == 'n' ? '\n' : *s == 't' ? '\t' : '\\';
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = '\0';
+}
+
+/* Splits `line` at tabs into at most `max` fields; returns how many. */
+static int split_tabs(char **fields, int max, char *line)
+{
+    int n = 0;
+    while (n < max) {
+        fields[n++] = line;
+        if ((line = strchr(line, '\t')) == NULL)
+            break;
+        *line++ = '\0';
+    }
+    return n;
+}
+
+/* What an agent keeps between a command's start line and its end line. */
+typedef struct agent_state {
+    cli *c;
+    rs_store *store;
+    const char *session;
+    hook_args start; /* the last start; its texts point into cwd and command */
+    char *cwd, *command;
+    bool started;
+    char *header;       /* bash: the H line, while its "history 1" output is read */
+    char *history_text; /* that output so far */
+} agent_state;
+
+/* Text of bash's "history 1" output without its "  123  " or "  123* " lead. */
+static const char *strip_history_number(const char *s)
+{
+    const char *p = s + strspn(s, " ");
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0 || (p[digits] != ' ' && p[digits] != '*') || p[digits + 1] != ' ')
+        return s;
+    return p + digits + 2;
+}
+
+/* A start: f[1] SEQ, f[2] START, f[3] CWD (escaped), `command` plain. */
+static void agent_start(agent_state *st, char **f, int n, const char *command)
+{
+    long long seq;
+    free(st->cwd);
+    free(st->command);
+    memset(&st->start, 0, sizeof(st->start));
+    st->cwd = strdup(n > 3 ? f[3] : "");
+    st->command = strdup(command);
+    st->started = st->cwd && st->command && cli_parse_ll(&seq, f[1], 1, LLONG_MAX);
+    if (!st->started)
+        return;
+    unescape(st->cwd);
+    st->start.seq = (unsigned long long)seq;
+    st->start.session = st->session;
+    st->start.cwd = st->cwd;
+    st->start.command = st->command;
+    st->start.exit_code = -1;
+    st->start.start_ms = n > 2 ? parse_realtime(f[2]) : -1;
+    st->start.end_ms = st->start.duration_ms = -1;
+    record_hook(st->store, &st->start, false);
+}
+
+/* Appends `line` to the "history 1" text being read. */
+static void history_text_add(agent_state *st, const char *line)
+{
+    size_t have = st->history_text ? strlen(st->history_text) : 0, len = strlen(line);
+    char *grown = realloc(st->history_text, have + len + 2);
+    if (grown == NULL)
+        return;
+    st->history_text = grown;
+    if (have)
+        grown[have++] = '\n';
+    memcpy(grown + have, line, len + 1);
+}
+
+/*
+ * One spool line. "S\tSEQ\tSTART\tCWD\tCOMMAND": a command started (texts
+ * escaped); "H\tSEQ\tSTART\tCWD" then bash's "history 1" output up to a
+ * RECORD_END line: the same, its command read from bash's history;
+ * "E\tSEQ\tEXIT\tEND[\tDURATION_MS]": it ended.
+ */
+static void agent_line(agent_state *st, char *line)
+{
+    char *f[6];
+    int n;
+    long long v;
+    hook_args a;
+
+    if (st->header) {
+        if (strcmp(line, RECORD_END) != 0) {
+            history_text_add(st, line);
+            return;
+        }
+        n = split_tabs(f, 4, st->header);
+        if (st->history_text)
+            agent_start(st, f, n, strip_history_number(st->history_text));
+        free(st->header);
+        free(st->history_text);
+        st->header = st->history_text = NULL;
+        return;
+    }
+    if (line[0] == 'H' && line[1] == '\t') {
+        st->header = strdup(line);
+        return;
+    }
+    n = split_tabs(f, 6, line);
+    if (strcmp(f[0], "S") == 0 && n >= 5) {
+        unescape(f[4]);
+        agent_start(st, f, n, f[4]);
+    } else if (strcmp(f[0], "E") == 0 && n >= 4 && st->started &&
+               cli_parse_ll(&v, f[1], 1, LLONG_MAX) && (unsigned long long)v == st->start.seq) {
+        a = st->start;
+        if (!cli_parse_ll(&a.exit_code, f[2], INT_MIN, INT_MAX))
+            a.exit_code = -1;
+        a.end_ms = parse_realtime(f[3]);
+        if (n >= 5 && cli_parse_ll(&v, f[4], 0, LLONG_MAX))
+            a.duration_ms = v;
+        record_hook(st->store, &a, true);
+        st->started = false;
+        maybe_sync(st->c, st->store);
+    }
+}
+
+/*
+ * Reads the complete lines of `fd` from *offset on, handing each to
+ * agent_line; *offset moves past them. An incomplete last line waits.
+ */
+static void agent_drain(agent_state *st, int fd, off_t *offset)
+{
+    char buf[65536], *line, *nl;
+    static char *carry = NULL;
+    static size_t carry_len = 0;
+    ssize_t n;
+
+    while ((n = pread(fd, buf, sizeof(buf), *offset)) > 0) {
+        char *all = realloc(carry, carry_len + (size_t)n + 1);
+        if (all == NULL)
+            return;
+        memcpy(all + carry_len, buf, (size_t)n);
+        carry = all;
+        carry_len += (size_t)n;
+        carry[carry_len] = '\0';
+        *offset += n;
+        line = carry;
+        while ((nl = memchr(line, '\n', carry_len - (size_t)(line - carry))) != NULL) {
+            *nl = '\0';
+            agent_line(st, line);
+            line = nl + 1;
+        }
+        carry_len -= (size_t)(line - carry);
+        memmove(carry, line, carry_len);
+    }
+}
+
+/* Ingests a spool whose agent is gone (its lock free) and removes it. */
+static void agent_adopt(agent_state *st, const char *spool_dir, const char *own)
+{
+    char path[PATH_MAX + 300], session[256];
+    struct dirent *de;
+    DIR *d = opendir(spool_dir);
+    off_t offset;
+    int fd;
+
+    if (d == NULL)
+        return;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.' || strcmp(de->d_name, own) == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", spool_dir, de->d_name);
+        if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+            continue;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            agent_state other = *st;
+            snprintf(session, sizeof(session), "%s", de->d_name);
+            other.session = session;
+            other.started = false;
+            other.cwd = other.command = other.header = other.history_text = NULL;
+            offset = 0;
+            agent_drain(&other, fd, &offset);
+            free(other.cwd);
+            free(other.command);
+            free(other.header);
+            free(other.history_text);
+            unlink(path);
+        }
+        close(fd);
+    }
+    closedir(d);
+}
+
+/*
+ * history agent --pid PID: for the shell hooks, a process per shell that
+ * records what the hooks append to a spool file, so a hook costs the shell
+ * an append (a builtin, no fork). Prints "SESSION<TAB>AGENT_PID<TAB>SPOOL"
+ * and goes to the background; it reads the spool every AGENT_POLL_MS,
+ * records each start and end, syncs after an end as `history end` does,
+ * and when PID is gone reads the rest, removes the spool and exits. It
+ * holds an flock on its spool; at start it ingests spools whose agent died.
+ */
+int cli_history_agent(cli *c, int argc, char **argv)
+{
+    char spool_dir[PATH_MAX], spool[PATH_MAX + 64], session[RS_UUID_STRLEN + 1];
+    agent_state st;
+    rs_uuid id;
+    long long pid;
+    pid_t child;
+    off_t offset = 0;
+    int fd, nul;
+
+    if (argc != 3 || strcmp(argv[1], "--pid") != 0 || !cli_parse_ll(&pid, argv[2], 2, INT_MAX))
+        return cli_usage(hook_usage, "history agent needs --pid PID (the shell's)");
+    memset(&st, 0, sizeof(st));
+    /* A store to record into must be there; the agent opens its own after the fork. */
+    if (cli_open(&st.store, c) != 0)
+        return EXIT_FAIL;
+    rs_store_free(st.store);
+    st.store = NULL;
+    rs_uuid_v7(&id, rs_now_ms());
+    rs_uuid_format(session, &id);
+    snprintf(spool_dir, sizeof(spool_dir), "%s/spool", c->dir);
+    snprintf(spool, sizeof(spool), "%s/%s", spool_dir, session);
+    if ((mkdir(spool_dir, 0700) != 0 && errno != EEXIST) ||
+        (fd = open(spool, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
+        fprintf(stderr, "recsync: history agent: cannot make %s: %s\n", spool, strerror(errno));
+        return EXIT_FAIL;
+    }
+    flock(fd, LOCK_EX | LOCK_NB);
+    if ((child = fork()) < 0) {
+        fprintf(stderr, "recsync: history agent: cannot fork: %s\n", strerror(errno));
+        unlink(spool);
+        return EXIT_FAIL;
+    }
+    if (child > 0) {
+        printf("%s\t%ld\t%s\n", session, (long)child, spool);
+        return EXIT_OK;
+    }
+    setsid();
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGTERM, agent_on_term);
+    signal(SIGINT, agent_on_term);
+    if ((nul = open("/dev/null", O_RDWR)) >= 0) {
+        dup2(nul, STDIN_FILENO);
+        dup2(nul, STDOUT_FILENO);
+        dup2(nul, STDERR_FILENO);
+        if (nul > STDERR_FILENO)
+            close(nul);
+    }
+    if (rs_store_open(&st.store, c->dir, NULL) < 0) {
+        unlink(spool);
+        _exit(EXIT_FAIL);
+    }
+    st.c = c;
+    st.session = session;
+    agent_adopt(&st, spool_dir, session);
+    for (;;) {
+        bool alive = !agent_stop && (kill((pid_t)pid, 0) == 0 || errno != ESRCH);
+        agent_drain(&st, fd, &offset);
+        if (!alive)
+            break;
+        usleep(AGENT_POLL_MS * 1000);
+    }
+    unlink(spool);
+    close(fd);
+    free(st.cwd);
+    free(st.command);
+    free(st.header);
+    free(st.history_text);
+    rs_store_free(st.store);
+    return EXIT_OK;
 }
 
 /* history session: a new id for a shell session (a UUIDv7). */

@@ -51,6 +51,21 @@ def kill_pids(pids):
             pass
 
 
+def process_gone(pid):
+    """Whether pid has exited (gone, or a zombie not reaped yet)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def sessions_seen(rows, commands):
+    """The one session id of `commands` in rows ({command: entry})."""
+    (session,) = {rows[c]["session"] for c in commands}
+    return session
+
+
 class Tmux:
     """A private tmux server (its own socket, no config) in a temporary directory."""
 
@@ -210,7 +225,29 @@ class ShellHooks(unittest.TestCase):
             self.assertNotEqual(c, "echo not:secret")
         # Nothing from the hook reached the terminal.
         self.assertNotIn("recsync", self.tmux.screen(name))
+        # The hooks appended to the session's spool, which its agent read.
+        spool = os.path.join(self.a.dir, "spool", sessions_seen(rows, (hello,)))
+        self.assertTrue(os.path.exists(spool), spool)
         return name
+
+    def agent_pid(self, name):
+        """The pid of the shell's `recsync history agent`, as the shell knows it."""
+        marker = "AGENT-" + secrets.token_hex(3)
+        self.run_commands(name, ["echo %s=$__recsync_agent" % marker])
+        found = re.findall(r"^%s=(\d+)$" % marker, self.tmux.screen(name), re.M)
+        self.assertTrue(found, "the shell printed its agent's pid")
+        return int(found[-1])
+
+    def without_the_agent_hooks_fall_back_to_processes(self, name):
+        """Kills the shell's agent: the next commands are recorded by processes the hooks start."""
+        pid = self.agent_pid(name)
+        os.kill(pid, signal.SIGTERM)
+        wait_until("the agent to exit", lambda: process_gone(pid))
+        command = "echo after-the-agent-%s && false" % secrets.token_hex(3)
+        self.run_commands(name, [command])
+        rows = wait_until("the command recorded without an agent", lambda: [
+            e for e in self.entries(self.a) if e["command"] == command and e["exit"] >= 0])
+        self.assertEqual(rows[0]["exit"], 1)
 
     def ctrl_r_picks_a_command_of_the_other_device(self, name):
         marker = "from-other-" + secrets.token_hex(4)

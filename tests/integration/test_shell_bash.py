@@ -16,6 +16,7 @@ class BashShell(ShellHooks):
     def test_bash(self):
         name = self.typed_commands_reach_the_other_device("bash")
         self.ctrl_r_picks_a_command_of_the_other_device(name)
+        self.without_the_agent_hooks_fall_back_to_processes(name)
         self.run_commands(name, ["bind -X"])
         self.assertIn('"\\C-r": "__recsync_search"', self.tmux.screen(name))
         # Without fzf on PATH, Ctrl-R stays bash's own reverse search.

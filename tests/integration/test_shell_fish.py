@@ -12,6 +12,7 @@ class FishShell(ShellHooks):
     def test_fish(self):
         name = self.typed_commands_reach_the_other_device("fish")
         self.ctrl_r_picks_a_command_of_the_other_device(name)
+        self.without_the_agent_hooks_fall_back_to_processes(name)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,16 @@ import signal
 import subprocess
 import unittest
 
-from shellterm import ShellHooks, kill_pids, wait_until
+from shellterm import ShellHooks, kill_pids, process_gone, wait_until
 
 
 class ZshShell(ShellHooks):
     def test_zsh(self):
         name = self.typed_commands_reach_the_other_device("zsh")
         self.ctrl_r_picks_a_command_of_the_other_device(name)
-        # A command running when its shell is SIGKILLed stays recorded, unfinished.
+        # A command running when its shell is SIGKILLed stays recorded, unfinished:
+        # its agent reads the start from the spool and exits once the shell is gone.
+        agent = self.agent_pid(name)
         tag = secrets.token_hex(3)
         self.tmux.type(name, "sleep 300 && : killed-%s" % tag)
         rows = wait_until("the running command's start record", lambda: [
@@ -28,6 +30,9 @@ class ZshShell(ShellHooks):
                                   capture_output=True, timeout=10).stdout.split()
         self.addCleanup(kill_pids, [int(p) for p in children])
         os.kill(shell_pid, signal.SIGKILL)
+        wait_until("the agent to exit after its shell", lambda: process_gone(agent))
+        self.assertEqual(os.listdir(os.path.join(self.a.dir, "spool")), [],
+                         "the agent removed its spool once read")
         self.a.sync()
         rows = self.synced_entries(self.b, ["sleep 300 && : killed-%s" % tag], finished=False)
         self.assertEqual(rows["sleep 300 && : killed-%s" % tag]["exit"], -1)

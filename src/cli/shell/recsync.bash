@@ -1,8 +1,11 @@
 # recsync shell history for bash. Load it from ~/.bashrc with:
 #   eval "$(recsync init bash)"
 # Each command is recorded when it starts and completed (exit status,
-# duration) when it ends, by a recsync process started in the background:
-# the prompt never waits for the store, a lock or the network.
+# duration) when it ends. The hooks append a line to this shell's spool
+# file (builtins: no fork), which a `recsync history agent` started with
+# the shell records; without an agent, each hook starts a recsync process in
+# the background. Either way the prompt never waits for the store, a lock or
+# the network.
 # With bash-preexec (loaded before this), its preexec_functions and
 # precmd_functions carry the hooks; without it, a DEBUG trap and the front
 # of PROMPT_COMMAND do (a DEBUG trap set before this one is replaced: load
@@ -11,7 +14,42 @@
 # nor is one matching RECSYNC_HISTIGNORE or starting with a space.
 # RECSYNC_SYNC_INTERVAL (seconds, default 300, 0: after every command)
 # paces the background sync.
-export RECSYNC_SESSION="$("$__recsync_bin" history session 2>/dev/null)"
+__recsync_agent=0
+__recsync_spool=""
+__recsync_out="$("$__recsync_bin" history agent --pid $$ 2>/dev/null)"
+if [[ $__recsync_out == *$'\t'*$'\t'* ]]; then
+    export RECSYNC_SESSION=${__recsync_out%%$'\t'*}
+    __recsync_out=${__recsync_out#*$'\t'}
+    __recsync_agent=${__recsync_out%%$'\t'*}
+    __recsync_spool=${__recsync_out#*$'\t'}
+else
+    export RECSYNC_SESSION="$("$__recsync_bin" history session 2>/dev/null)"
+fi
+unset __recsync_out
+
+# $1 with backslashes, newlines and tabs escaped, in REPLY (for the spool).
+__recsync_escape() {
+    REPLY=${1//\\/\\\\}
+    REPLY=${REPLY//$'\n'/\\n}
+    REPLY=${REPLY//$'\t'/\\t}
+}
+
+# Whether the agent is there to read the spool: the spool exists (the agent
+# removes it when it exits) and the agent runs (not a zombie), read with
+# builtins from /proc where there is one, else kill -0.
+__recsync_has_agent() {
+    local stat
+    if [[ -n $__recsync_spool && -e $__recsync_spool ]]; then
+        if [[ ! -d /proc/$$ ]]; then
+            kill -0 "$__recsync_agent" 2>/dev/null && return 0
+        elif { read -r stat <"/proc/$__recsync_agent/stat"; } 2>/dev/null; then
+            stat=${stat##*) }
+            [[ $stat != Z* ]] && return 0
+        fi
+    fi
+    __recsync_spool=""
+    return 1
+}
 __recsync_seq=0
 __recsync_active=0
 __recsync_cmd=""
@@ -54,6 +92,24 @@ __recsync_preexec() {
     ((__recsync_seq++))
     __recsync_start=$EPOCHREALTIME
     __recsync_cwd=$PWD
+    if __recsync_has_agent; then
+        local cwd
+        __recsync_escape "$PWD"
+        cwd=$REPLY
+        if [[ $__recsync_from_history == 1 ]]; then
+            # The command line straight from bash's history into the spool: no fork.
+            {
+                printf 'H\t%s\t%s\t%s\n' "$__recsync_seq" "$__recsync_start" "$cwd"
+                HISTTIMEFORMAT='' builtin history 1
+                printf '\036\n'
+            } >>"$__recsync_spool"
+        else
+            __recsync_escape "$__recsync_cmd"
+            printf 'S\t%s\t%s\t%s\t%s\n' "$__recsync_seq" "$__recsync_start" "$cwd" "$REPLY" \
+                >>"$__recsync_spool"
+        fi
+        return 0
+    fi
     __recsync_spawn start --session "$RECSYNC_SESSION" --seq "$__recsync_seq" \
         --start "$__recsync_start" --cwd "$__recsync_cwd"
 }
@@ -62,9 +118,14 @@ __recsync_precmd() {
     local exit_status=$?
     if [[ $__recsync_active == 1 ]]; then
         __recsync_active=0
-        __recsync_spawn end --session "$RECSYNC_SESSION" --seq "$__recsync_seq" \
-            --exit "$exit_status" --start "$__recsync_start" --end "$EPOCHREALTIME" \
-            --cwd "$__recsync_cwd"
+        if __recsync_has_agent; then
+            printf 'E\t%s\t%s\t%s\n' "$__recsync_seq" "$exit_status" "$EPOCHREALTIME" \
+                >>"$__recsync_spool"
+        else
+            __recsync_spawn end --session "$RECSYNC_SESSION" --seq "$__recsync_seq" \
+                --exit "$exit_status" --start "$__recsync_start" --end "$EPOCHREALTIME" \
+                --cwd "$__recsync_cwd"
+        fi
     fi
     __recsync_next_histno
     __recsync_histno=$__recsync_n
