@@ -324,10 +324,12 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
         last_ms = strtoull(text, NULL, 10);
     rs_free(text);
     if (last_ms == 0 && every_ms > 1) {
-        /* The first sync starts the clock: a checkpoint `every_ms` later. */
-        char buf[32];
-        snprintf(buf, sizeof(buf), "%llu", (unsigned long long)now);
-        return rs_store_meta_set(store, META_CHECKPOINT_MS, buf);
+        /* None yet: the first is due `every_ms` after the first sync (nothing is written before). */
+        rs_sync_last *ls = NULL;
+        if (rs_sync_last_get(&ls, store) < 0)
+            return 0;
+        last_ms = ls->time_ms;
+        rs_sync_last_free(ls);
     }
     if (now - last_ms < every_ms)
         return 0;

@@ -1047,9 +1047,21 @@ static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *d
     int err = 0;
     if (idx == NULL)
         return rs__error(RS_ENOMEM, "out of memory copying an index");
-    for (size_t i = 0; i < remote->count && err == 0; i++)
-        err = rs_index_add(idx, &remote->shards[i].host, remote->shards[i].tag,
-                           remote->shards[i].start, remote->shards[i].end);
+    /*
+     * What this sync saw and checked: a shard it was to download ends where
+     * the download got to (an index claiming more than the server served is
+     * not remembered as seen, see checkpoint.c).
+     */
+    for (size_t i = 0; i < remote->count && err == 0; i++) {
+        const rs_shard *rs = &remote->shards[i];
+        uint64_t end = rs->end;
+        for (size_t j = 0; j < diff->count; j++)
+            if (diff->ops[j].kind == RS_DIFF_DOWNLOAD &&
+                rs_uuid_cmp(&diff->ops[j].host, &rs->host) == 0 &&
+                strcmp(diff->ops[j].tag, rs->tag) == 0)
+                end = diff->ops[j].from + moved[j];
+        err = rs_index_add(idx, &rs->host, rs->tag, rs->start, end);
+    }
     for (size_t i = 0; i < diff->count && err == 0; i++) {
         const rs_diff_op *op = &diff->ops[i];
         rs_shard *sh;

@@ -49,8 +49,9 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
-ENVELOPE_MAGIC = b"RSE1"
+ENVELOPE_MAGIC = b"RSE2"  # format 2: the sealed plaintext starts with the chain's previous head
 ENVELOPE_OVERHEAD = 4 + 8 + 24 + 32 + 16 + 24 + 16
+CHAIN_BYTES = 32
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 START_TIMEOUT = 20.0  # seconds to print the port line and answer /healthz
@@ -660,8 +661,9 @@ def new_record_id():
 
 
 def make_envelope(payload_size=64):
-    """Random bytes shaped like a sealed envelope of a `payload_size` payload."""
-    return ENVELOPE_MAGIC + os.urandom(ENVELOPE_OVERHEAD - len(ENVELOPE_MAGIC) + payload_size)
+    """Random bytes shaped like a sealed (format 2) envelope of a `payload_size` payload."""
+    return ENVELOPE_MAGIC + os.urandom(ENVELOPE_OVERHEAD - len(ENVELOPE_MAGIC) + CHAIN_BYTES +
+                                       payload_size)
 
 
 _hlc_last = [0]

@@ -113,11 +113,13 @@ class CliTest(unittest.TestCase):
         self.assertEqual(self.key_export(b), key)
         # Move a's records into b's store as sync would, rows as they are.
         src, dst = self.db(a), self.db(b)
-        rows = src.execute("SELECT host, tag, idx, id, hlc, version, data FROM records").fetchall()
-        shards = src.execute("SELECT host, tag, start, end FROM shards").fetchall()
-        dst.executemany("INSERT INTO records(host, tag, idx, id, hlc, version, data) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        dst.executemany("INSERT INTO shards(host, tag, start, end) VALUES (?, ?, ?, ?)", shards)
+        rows = src.execute("SELECT host, tag, idx, id, hlc, version, data, head FROM records") \
+            .fetchall()
+        shards = src.execute("SELECT host, tag, start, end, head FROM shards").fetchall()
+        dst.executemany("INSERT INTO records(host, tag, idx, id, hlc, version, data, head) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        dst.executemany("INSERT INTO shards(host, tag, start, end, head) VALUES (?, ?, ?, ?, ?)",
+                        shards)
         dst.commit()
         self.assertEqual(self.run_cli(b, "cat", ids[0], expect=0).stdout, b"first note\n")
         self.assertEqual(self.run_cli(b, "cat", ids[1], expect=0).stdout, b"\x00bin\xff")
@@ -125,9 +127,10 @@ class CliTest(unittest.TestCase):
         # A store under another key names both keys and prints nothing.
         c, c_key_id = self.init_key_id("c")
         other = self.db(c)
-        other.executemany("INSERT INTO records(host, tag, idx, id, hlc, version, data) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        other.executemany("INSERT INTO shards(host, tag, start, end) VALUES (?, ?, ?, ?)", shards)
+        other.executemany("INSERT INTO records(host, tag, idx, id, hlc, version, data, head) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        other.executemany("INSERT INTO shards(host, tag, start, end, head) "
+                          "VALUES (?, ?, ?, ?, ?)", shards)
         other.commit()
         res = self.run_cli(c, "cat", ids[0], expect=1)
         self.assertEqual(res.stdout, b"")

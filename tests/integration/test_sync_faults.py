@@ -174,12 +174,13 @@ class WrongKey(unittest.TestCase):
         user, password = new_user(), "pw-wrongkey"
         a = Device(self, "a")
         a.register(server_url(server), user, password)
+        # b logs in while the account holds no record to check its key against.
+        b = Device(self, "b")  # its own, different key
+        b.login(server_url(server), user, password)
         a.append_lines("notes", ["a1", "a2"])
         a.sync()
         index_before = remote_index(server, a)
 
-        b = Device(self, "b")  # its own, different key
-        b.login(server_url(server), user, password)
         b.append_lines("notes", ["b1", "b2", "b3"])
         key_a, key_b = a.status()["key"], b.status()["key"]
         self.assertNotEqual(key_a, key_b)
@@ -192,16 +193,14 @@ class WrongKey(unittest.TestCase):
         self.assertEqual(b.dump(), before)
         self.assertEqual(remote_index(server, a), index_before, "the wrong-key device uploaded")
 
-        # A device with its own records and another key: refused before it
-        # uploads, though it has nothing of A's to lose.
+        # Once the account holds records, a device with another key is refused
+        # at login already, naming both keys, and keeps no token.
         c = Device(self, "c")
-        c.login(server_url(server), user, password)
-        c2 = Device(self, "c2", key=c.key_export())
-        c2.login(server_url(server), user, password)
         c.append("notes", "c1")
         before = c.dump()
-        r = c.sync(expect=1)
+        r = c.login(server_url(server), user, password, expect=1)
         self.assertIn(key_a, r.err.decode())
+        self.assertIn(c.status()["key"], r.err.decode())
         self.assertEqual(c.dump(), before)
         self.assertEqual(remote_index(server, a), index_before)
         self.assertEqual(a.sync()["outcome"], "noop")
