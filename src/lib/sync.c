@@ -1060,6 +1060,8 @@ static int remote_after(rs_index **out, const rs_index *remote, const rs_diff *d
                 rs_uuid_cmp(&diff->ops[j].host, &rs->host) == 0 &&
                 strcmp(diff->ops[j].tag, rs->tag) == 0)
                 end = diff->ops[j].from + moved[j];
+        if (end < rs->start)
+            end = rs->start; /* held back below a pruned start: nothing of it was seen */
         err = rs_index_add(idx, &rs->host, rs->tag, rs->start, end);
     }
     for (size_t i = 0; i < diff->count && err == 0; i++) {

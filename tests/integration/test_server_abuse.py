@@ -537,16 +537,16 @@ class QuotaTests(unittest.TestCase):
         server = ServerProcess(self, args=["--quota-bytes", str(quota)])
         alice = server.register("alice", "pw")
         bob = server.register("bob", "pw")
-        first = make_records(alice.host, "kv", 0, 10, payload_size=100)  # 10 x 224 envelope bytes
+        first = make_records(alice.host, "kv", 0, 10, payload_size=100)  # 10 x 256 envelope bytes
         r = alice.upload(first)
         self.assertEqual(r.status, 200, r)
         seq = r.json["seq"]
         over = make_records(alice.host, "kv", 10, 5, payload_size=100) + \
-            make_records(alice.host, "notes", 0, 5, payload_size=100)  # 2240 + 2240 > 4000
+            make_records(alice.host, "notes", 0, 5, payload_size=100)  # 2560 + 2560 > 4000
         r = alice.upload(over)
         self.assertEqual(r.status, 507, r)
         self.assertEqual(r.json["error"], "quota_exceeded")
-        self.assertIn("storage quota exceeded: this user stores 2240 bytes", r.json["message"])
+        self.assertIn("storage quota exceeded: this user stores 2560 bytes", r.json["message"])
         self.assertIn("quota of 4000 bytes", r.json["message"])
         self.assertIn("nothing of the batch was stored", r.json["message"])
         index = alice.index()
@@ -556,7 +556,7 @@ class QuotaTests(unittest.TestCase):
         # A retry of what is stored adds nothing and is accepted; so is what still fits.
         r = alice.upload(first)
         self.assertEqual((r.status, r.json["inserted"]), (200, 0), r)
-        r = alice.upload(over[:7])  # 7 x 224 = 1568: 3808 in all
+        r = alice.upload(over[:5])  # 5 x 256 = 1280: 3840 in all
         self.assertEqual(r.status, 200, r)
         r = alice.upload(make_records(alice.host, "kv", 15, 1, payload_size=100))
         self.assertEqual(r.status, 507, r)
@@ -565,7 +565,7 @@ class QuotaTests(unittest.TestCase):
         m = server.metrics()
         self.assertEqual(metric(m, "recsyncd_quota_refused_total"), 2)
         self.assertIn('recsyncd_requests_total{route="records_upload",status="507"} 2', m)
-        self.assertEqual(metric(m, "recsyncd_bytes"), 3808 + 15 * 224)
+        self.assertEqual(metric(m, "recsyncd_bytes"), 3840 + 15 * 256)
 
     def test_no_quota_by_default(self):
         server = ServerProcess(self)
