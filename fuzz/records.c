@@ -74,7 +74,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < batch.count; i++) {
         const rs_record *rec = &batch.records[i];
         CHECK(rec->data_len >= RS_ENVELOPE_OVERHEAD && rec->data_len <= RS_WIRE_DEFAULT_MAX_DATA);
-        CHECK(memcmp(rec->data, RS_ENVELOPE_MAGIC, 4) == 0);
+        CHECK(memcmp(rec->data, RS_ENVELOPE_MAGIC, 4) == 0 ||
+              memcmp(rec->data, RS_ENVELOPE_MAGIC_CHAINED, 4) == 0);
         CHECK(rec->idx <= (uint64_t)INT64_MAX);
         CHECK(rs_wire_records_add(&buf, rec) == 0);
     }
