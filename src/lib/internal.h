@@ -197,6 +197,15 @@ int rs__chain_backfill(rs_store *store);
  */
 int rs__chain_head_before(uint8_t *out, int *known, rs_store *store, const rs_uuid *host,
                           const char *tag, uint64_t idx);
+/*
+ * As rs_store_range, also handing each record's stored chain head (NULL
+ * when it has none): what a caller can check the record's bytes against
+ * without opening it (sync.c, before an upload).
+ */
+typedef int (*rs__head_cb)(const rs_record *rec, const uint8_t *head, void *payload);
+int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag, uint64_t start,
+                          uint64_t end, rs__head_cb cb, void *payload);
+
 /* Recomputes the heads of every record of shard (host, tag) and the shard's own. */
 int rs__chain_reshard(rs_store *store, const rs_uuid *host, const char *tag);
 

@@ -74,7 +74,7 @@ const char *rs__sync_gone(const rs_sync_snaps *s, const char *tag, int *code);
  * starts. Failures here never undo the sync: they are warnings.
  */
 void rs__sync_after(rs_sync_snaps *s, rs_store *store, rs_client *client, const rs_index *remote,
-                    uint64_t every);
+                    uint64_t every, int moved);
 
 /* ---- heads remembered and exchanged (checkpoint.c) ---- */
 

@@ -300,10 +300,10 @@ static int prepare_statements(rs_store *store)
         (err = prepare(store, &store->st_shard_get,
                        "SELECT start, end, head, start_head FROM shards "
                        "WHERE host = ?1 AND tag = ?2")) < 0 ||
-        (err = prepare(store, &store->st_shard_put,
-                       "INSERT INTO shards(host, tag, start, end, head) VALUES (?1, ?2, ?3, ?4, ?5) "
-                       "ON CONFLICT(host, tag) DO UPDATE SET start = ?3, end = ?4, head = ?5")) <
-            0 ||
+        (err =
+             prepare(store, &store->st_shard_put,
+                     "INSERT INTO shards(host, tag, start, end, head) VALUES (?1, ?2, ?3, ?4, ?5) "
+                     "ON CONFLICT(host, tag) DO UPDATE SET start = ?3, end = ?4, head = ?5")) < 0 ||
         (err = prepare(store, &store->st_at_idx,
                        "SELECT id, data FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3")) <
             0 ||
@@ -1151,8 +1151,7 @@ int rs_store_insert(size_t *inserted, rs_store *store, const rs_record *records,
                 goto fail;
             }
             run = rec;
-            if ((err = shard_get_head(&start, &end, head, &known, store, &rec->host, rec->tag)) <
-                0)
+            if ((err = shard_get_head(&start, &end, head, &known, store, &rec->host, rec->tag)) < 0)
                 goto fail;
             end_before = end;
         }
@@ -1275,6 +1274,33 @@ int rs_store_range(rs_store *store, const rs_uuid *host, const char *tag, uint64
     sqlite3_bind_int64(st, 3, (sqlite3_int64)start);
     sqlite3_bind_int64(st, 4, end > INT64_MAX ? INT64_MAX : (sqlite3_int64)end);
     return walk(store, st, cb, payload);
+}
+
+int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag, uint64_t start,
+                          uint64_t end, rs__head_cb cb, void *payload)
+{
+    sqlite3_stmt *st = NULL;
+    rs_record rec;
+    int rc, ret = 0;
+    if ((ret = prepare(store, &st,
+                       "SELECT " RECORD_COLUMNS ", head FROM records WHERE host = ?1 AND tag = ?2 "
+                       "AND idx >= ?3 AND idx < ?4 ORDER BY idx")) < 0)
+        return ret;
+    sqlite3_bind_blob(st, 1, host->bytes, 16, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)start);
+    sqlite3_bind_int64(st, 4, end > INT64_MAX ? INT64_MAX : (sqlite3_int64)end);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        row_to_record(&rec, st);
+        const uint8_t *head =
+            sqlite3_column_bytes(st, 7) == RS_CHAIN_BYTES ? sqlite3_column_blob(st, 7) : NULL;
+        if ((ret = cb(&rec, head, payload)) != 0)
+            break;
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+        ret = rs__sqlite_error(store->db, rc, "reading records");
+    sqlite3_finalize(st);
+    return ret;
 }
 
 int rs_store_foreach(rs_store *store, const char *tag, rs_record_cb cb, void *payload)
@@ -1466,8 +1492,7 @@ static int verify_record(const rs_record *rec, void *payload)
          sodium_memcmp(sqlite3_column_blob(vs->st_head, 0), head, RS_CHAIN_BYTES) != 0)) {
         char name[200];
         rs__record_name(name, sizeof(name), rec);
-        problem(vs, rs__error(RS_ECHAIN, "%s: the chain head stored with it is not its own",
-                              name));
+        problem(vs, rs__error(RS_ECHAIN, "%s: the chain head stored with it is not its own", name));
     }
     sqlite3_reset(vs->st_head);
     memcpy(vs->head, head, RS_CHAIN_BYTES);

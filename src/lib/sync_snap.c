@@ -173,11 +173,24 @@ static void warn(rs_store *store, const char *what)
 }
 
 void rs__sync_after(rs_sync_snaps *s, rs_store *store, rs_client *client, const rs_index *remote,
-                    uint64_t every)
+                    uint64_t every, int moved)
 {
     rs_index *local = NULL;
     uint64_t pushed = 0;
 
+    /*
+     * A sync that moved nothing changed no frontier and no count towards a
+     * snapshot: only an upload a `recsync snapshot` left pending, and the
+     * server's starts (it may have pruned since), are looked at; a no-op
+     * sync stays a single request.
+     */
+    if (!moved) {
+        if (rs__snapshot_push(&pushed, store, client) < 0)
+            warn(store, "uploading a snapshot");
+        if (rs__snapshot_compact(&s->compacted, store, remote) < 0)
+            warn(store, "dropping local records below the server's pruned start");
+        return;
+    }
     if (ack(store, client, remote) < 0)
         warn(store, "acking the applied frontier");
     if (rs_store_index(&local, store) == 0) {
