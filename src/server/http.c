@@ -492,12 +492,13 @@ static void *watchdog(void *payload)
         for (conn_state *cs = lim.head; cs; cs = cs->next) {
             if (cs->deadline_ns == 0 || cs->cut || now < cs->deadline_ns)
                 continue;
+            /* Counted before the socket goes: a client that sees it closed sees it counted. */
+            atomic_fetch_add_explicit(&rs_stats.requests_cut, 1, memory_order_relaxed);
             conn_cut(cs);
             cut++;
         }
         pthread_mutex_unlock(&lim.lock);
         if (cut > 0) {
-            atomic_fetch_add_explicit(&rs_stats.requests_cut, cut, memory_order_relaxed);
             rs_log("closed %u connection%s that had not sent a whole request within "
                    "--request-deadline-s (%u s)",
                    cut, cut == 1 ? "" : "s", rs_srv.cfg.request_deadline_s);
