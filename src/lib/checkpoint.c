@@ -182,21 +182,6 @@ int rs__chain_raise(rs_store *store, const char *fmt, ...)
     return rs__error(RS_ECHAIN, "%s", msg);
 }
 
-static int raise_alarm(rs_store *store, const char *fmt, ...) RS_PRINTF(2, 3);
-
-static int raise_alarm(rs_store *store, const char *fmt, ...)
-{
-    char msg[1024], *old = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (rs_store_meta_get(&old, store, META_ALARM) == RS_ENOTFOUND)
-        (void)rs_store_meta_set(store, META_ALARM, msg);
-    rs_free(old);
-    return rs__error(RS_ECHAIN, "%s", msg);
-}
-
 int rs__chain_forget_alarm(rs_store *store)
 {
     int err = rs_store_meta_del(store, META_ALARM);
@@ -224,11 +209,11 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
         if (now && now->end >= was->end)
             continue;
         rs__shard_name(name, sizeof(name), &was->host, was->tag);
-        return raise_alarm(store,
-                           "server %s ends shard %s at idx %llu, but it ended it at %llu at the "
-                           "last sync: the server rolled the shard back",
-                           url, name, (unsigned long long)(now ? now->end : 0),
-                           (unsigned long long)was->end);
+        return rs__chain_raise(
+            store,
+            "server %s ends shard %s at idx %llu, but it ended it at %llu at the "
+            "last sync: the server rolled the shard back",
+            url, name, (unsigned long long)(now ? now->end : 0), (unsigned long long)was->end);
     }
     /*
      * The same for what this device checked itself, for the shards this
@@ -243,11 +228,11 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
             (now && now->end >= ls->end))
             continue;
         rs__shard_name(name, sizeof(name), &ls->host, ls->tag);
-        return raise_alarm(store,
-                           "server %s ends shard %s at idx %llu, but this device has checked it "
-                           "up to %llu: the server rolled the shard back or hides it",
-                           url, name, (unsigned long long)(now ? now->end : 0),
-                           (unsigned long long)ls->end);
+        return rs__chain_raise(
+            store,
+            "server %s ends shard %s at idx %llu, but this device has checked it "
+            "up to %llu: the server rolled the shard back or hides it",
+            url, name, (unsigned long long)(now ? now->end : 0), (unsigned long long)ls->end);
     }
     /* Hiding: another device's checkpoint saw more of a shard than the server shows. */
     if ((rc = sqlite3_prepare_v2(store->db,
@@ -266,11 +251,11 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
             continue;
         rs_uuid_format(wtext, &writer);
         rs__shard_name(name, sizeof(name), &host, tag);
-        err = raise_alarm(store,
-                          "server %s ends shard %s at idx %llu, but device %s has seen it up to "
-                          "%llu (its checkpoint): the server shows devices different histories",
-                          url, name, (unsigned long long)(now ? now->end : 0), wtext,
-                          (unsigned long long)end);
+        err = rs__chain_raise(
+            store,
+            "server %s ends shard %s at idx %llu, but device %s has seen it up to "
+            "%llu (its checkpoint): the server shows devices different histories",
+            url, name, (unsigned long long)(now ? now->end : 0), wtext, (unsigned long long)end);
     }
     sqlite3_finalize(st);
     return err;
@@ -295,11 +280,11 @@ int rs__chain_audit(rs_store *store, const char *url)
         memcpy(host.bytes, sqlite3_column_blob(st, 1), 16);
         rs_uuid_format(wtext, &writer);
         rs__shard_name(name, sizeof(name), &host, (const char *)sqlite3_column_text(st, 2));
-        err = raise_alarm(store,
-                          "shard %s at idx %lld holds another record here than device %s saw "
-                          "(its checkpoint): server %s showed the two devices different "
-                          "histories of the shard",
-                          name, (long long)sqlite3_column_int64(st, 3) - 1, wtext, url);
+        err = rs__chain_raise(store,
+                              "shard %s at idx %lld holds another record here than device %s saw "
+                              "(its checkpoint): server %s showed the two devices different "
+                              "histories of the shard",
+                              name, (long long)sqlite3_column_int64(st, 3) - 1, wtext, url);
     } else if (rc != SQLITE_DONE) {
         err = rs__sqlite_error(store->db, rc, "checking checkpoints");
     }
@@ -324,7 +309,8 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
         last_ms = strtoull(text, NULL, 10);
     rs_free(text);
     if (last_ms == 0 && every_ms > 1) {
-        /* None yet: the first is due `every_ms` after the first sync (nothing is written before). */
+        /* None yet: the first is due `every_ms` after the first sync (nothing is written before).
+         */
         rs_sync_last *ls = NULL;
         if (rs_sync_last_get(&ls, store) < 0)
             return 0;

@@ -302,7 +302,8 @@ int rs__client_request(const rs_buf **out, long *status, rs_client *c, const cha
         rc = rs__curl.easy_perform(c->curl);
         if (rc == CURLE_OK && !c->head_done) {
             rc = CURLE_PARTIAL_FILE;
-            snprintf(c->errbuf, sizeof(c->errbuf), "the connection closed inside the answer's headers");
+            snprintf(c->errbuf, sizeof(c->errbuf),
+                     "the connection closed inside the answer's headers");
         }
         if (attempt == 0 && retry && is_lost_response(rc) && !c->overflow && !c->write_error) {
             rs__curl_long(c->curl, CURLOPT_FRESH_CONNECT, 1L);

@@ -128,8 +128,8 @@ int rs__seal_chained(uint8_t *out, const rs_key *key, const rs_record *rec, cons
  * prev (RS_CHAIN_BYTES) with *chained = 1 (0 for format 1, prev zeroed).
  * `out` still needs rec->data_len - RS_ENVELOPE_OVERHEAD bytes.
  */
-int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained,
-                     const rs_key *key, const rs_record *rec);
+int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained, const rs_key *key,
+                     const rs_record *rec);
 
 /* The key id an envelope names, without opening it. RS_ECRYPTO if malformed. */
 int rs__envelope_key_id(uint8_t *out, const uint8_t *data, size_t len);
@@ -152,7 +152,7 @@ struct rs_store {
     rs_hlc_clock clock;
     rs_hlc clock_saved; /* the value last written to meta */
     rs_store_opts opts;
-    int explicit_txn; /* inside rs_store_begin ... commit */
+    int explicit_txn;   /* inside rs_store_begin ... commit */
     int chain_backfill; /* the schema was migrated from before chains: heads to compute */
     rs_tag_entry *tags;
     size_t tag_count;

@@ -547,8 +547,8 @@ static int decode_record(rs_record *rec, uint8_t *dst, const json_t *obj, size_t
         return rs__error(RS_ETOOBIG,
                          "records[%zu].data: envelope of %zu bytes exceeds the bound of %zu", i,
                          len, max_data);
-    if (len < RS_ENVELOPE_OVERHEAD || (memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0 &&
-                                       memcmp(dst, RS_ENVELOPE_MAGIC_CHAINED, 4) != 0))
+    if (len < RS_ENVELOPE_OVERHEAD ||
+        (memcmp(dst, RS_ENVELOPE_MAGIC, 4) != 0 && memcmp(dst, RS_ENVELOPE_MAGIC_CHAINED, 4) != 0))
         return field_error(RS_EINVAL, where, i, "data", "not a sealed envelope");
     rec->data = dst;
     rec->data_len = len;

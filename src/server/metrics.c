@@ -11,8 +11,8 @@
 
 rs_metrics rs_stats;
 
-static const unsigned statuses[] = {200, 201, 400, 401, 403, 404, 405,
-                                    409, 410, 413, 422, 429, 500, 503, 507};
+static const unsigned statuses[] = {200, 201, 400, 401, 403, 404, 405, 409,
+                                    410, 413, 422, 429, 500, 503, 507};
 #define STATUS_COUNT (sizeof(statuses) / sizeof(statuses[0]))
 #define STATUS_OTHER STATUS_COUNT
 
@@ -194,8 +194,10 @@ int rs_metrics_render(rs_buf *out)
          load(&rs_stats.quota_refused)},
         {"recsyncd_register_throttled_total", "Registrations refused by --register-rate (429).",
          "counter", load(&rs_stats.register_throttled)},
-        {"recsyncd_hashing_busy_total", "Logins and registrations refused: every argon2id slot "
-         "busy (503).", "counter", load(&rs_stats.hashing_busy)},
+        {"recsyncd_hashing_busy_total",
+         "Logins and registrations refused: every argon2id slot "
+         "busy (503).",
+         "counter", load(&rs_stats.hashing_busy)},
         {"recsyncd_retention_runs_total", "Retention passes run.", "counter",
          load(&rs_stats.retention_runs)},
         {"recsyncd_retention_errors_total", "Retention passes that failed.", "counter",

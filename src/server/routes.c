@@ -131,8 +131,8 @@ int rs_route_register(rs_reply *out, struct MHD_Connection *conn, const char *bo
     rs_auth_new_token(token_text, &token);
     if ((err = rs_srv.backend->ops->user_create(
              rs_srv.backend, &user, creds.username, pwhash, &creds.host, &token,
-             rs_srv.cfg.registration == RS_REGISTRATION_INVITE ? invite_hash : NULL,
-             creds.name)) < 0)
+             rs_srv.cfg.registration == RS_REGISTRATION_INVITE ? invite_hash : NULL, creds.name)) <
+        0)
         goto done;
     err = token_reply(out, 201, token_text, creds.username);
 done:
@@ -246,7 +246,8 @@ int rs_route_records_post(rs_reply *out, struct MHD_Connection *conn, const char
     if (err < 0)
         return err;
     if ((err = rs_wire_decode_records(&batch, body, len, RS_WIRE_UPLOAD,
-                                      rs_srv.cfg.max_payload + RS_ENVELOPE_OVERHEAD + RS_CHAIN_BYTES)) < 0)
+                                      rs_srv.cfg.max_payload + RS_ENVELOPE_OVERHEAD +
+                                          RS_CHAIN_BYTES)) < 0)
         goto done;
     for (size_t i = 0; i < batch.count; i++) {
         const rs_record *rec = &batch.records[i];

@@ -437,7 +437,7 @@ typedef struct remote {
     int pages;
     int uploaded; /* records POSTed */
     rs_uuid own;  /* the device under test: its uploads show in the index as own/mine */
-    int acks; /* POST /api/v1/acks */
+    int acks;     /* POST /api/v1/acks */
 } remote;
 
 static int copy_out(const rs_record *rec, void *payload)
