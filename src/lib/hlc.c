@@ -98,7 +98,10 @@ int rs_hlc_cmp(rs_hlc a, const rs_uuid *host_a, rs_hlc b, const rs_uuid *host_b)
 
 void rs_hlc_format(char *out, rs_hlc h)
 {
-    snprintf(out, RS_HLC_STRLEN + 1, "%016llx", (unsigned long long)h);
+    static const char digits[] = "0123456789abcdef";
+    for (int i = RS_HLC_STRLEN - 1; i >= 0; i--, h >>= 4)
+        out[i] = digits[h & 15];
+    out[RS_HLC_STRLEN] = '\0';
 }
 
 /*

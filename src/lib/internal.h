@@ -165,6 +165,7 @@ struct rs_store {
     sqlite3_stmt *st_at_idx;
     sqlite3_stmt *st_meta_get;
     sqlite3_stmt *st_meta_put;
+    sqlite3_stmt *st_txn[4]; /* BEGIN IMMEDIATE, COMMIT, SAVEPOINT, RELEASE: made at first use */
 };
 
 /*
@@ -188,6 +189,28 @@ int rs__snapshot_covers(rs_store *store, const rs_shard *shard);
 void rs__chain_start(uint8_t *out, const rs_key *key, const rs_uuid *host, const char *tag);
 void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec);
 int rs__chain_break(const rs_record *rec, const uint8_t *prev, const uint8_t *expected);
+/*
+ * A record opened ahead of its insert, on another thread (the download
+ * pipeline): its plaintext (in memory the caller owns), the head it chains
+ * from, whether it names one, and its own head. ok = 0 when it did not
+ * open: the insert opens it again and reports why.
+ */
+typedef struct rs_opened {
+    uint8_t *plain;
+    size_t plain_len;
+    uint8_t prev[RS_CHAIN_BYTES];
+    uint8_t head[RS_CHAIN_BYTES];
+    int chained;
+    int ok;
+} rs_opened;
+
+/* Opens `rec` into out->plain (room for rec->data_len - RS_ENVELOPE_OVERHEAD bytes) and computes
+ * its head. */
+void rs__chain_open(rs_opened *out, const rs_key *key, const rs_record *rec);
+
+/* rs_store_insert with every record opened ahead (opened[i] for records[i]), or NULL. */
+int rs__store_insert_opened(size_t *inserted, rs_store *store, const rs_record *records,
+                            size_t count, const rs_opened *opened);
 /* Computes the heads of records and shards that have none (a store made before chains). */
 int rs__chain_backfill(rs_store *store);
 /*

@@ -674,11 +674,21 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
 
 /* ---- upload ---- */
 
+/*
+ * A page of records to upload. The producer (reading and checking the
+ * store) copies the records in; the upload thread encodes the JSON and
+ * sends it, so reading and encoding run on both cores.
+ */
 typedef struct up_slot {
     rs_buf body;
     size_t count;
     size_t op;
     uint64_t first;
+    size_t bytes; /* the length `body` will have before "]}" */
+    rs_record *recs;
+    size_t recs_cap;
+    uint8_t *data; /* the records' envelopes, one after another */
+    size_t data_len, data_cap;
 } up_slot;
 
 typedef struct up_job {
@@ -694,6 +704,52 @@ typedef struct up_job {
     uint8_t *plain; /* scratch for opening each record before it is sent */
     size_t plain_cap;
 } up_job;
+
+/* Encodes the page `slot` holds into its body. */
+static int up_encode(up_slot *slot)
+{
+    const uint8_t *at = slot->data;
+    int err;
+    rs_buf_clear(&slot->body);
+    if ((err = rs_wire_records_begin(&slot->body)) < 0)
+        return err;
+    for (size_t i = 0; i < slot->count; i++) {
+        slot->recs[i].data = at;
+        at += slot->recs[i].data_len;
+        if ((err = rs_wire_records_add(&slot->body, &slot->recs[i])) < 0)
+            return err;
+    }
+    return rs_wire_upload_end(&slot->body);
+}
+
+/* Copies `rec` into the page `slot`. */
+static int up_keep(up_slot *slot, const rs_record *rec)
+{
+    if (slot->count == slot->recs_cap) {
+        size_t cap = slot->recs_cap ? 2 * slot->recs_cap : 64;
+        rs_record *grown = rs__realloc(slot->recs, cap * sizeof(*grown));
+        if (grown == NULL)
+            return rs__error(RS_ENOMEM, "out of memory building a page to upload");
+        slot->recs = grown;
+        slot->recs_cap = cap;
+    }
+    if (slot->data_len + rec->data_len > slot->data_cap) {
+        size_t cap = 2 * (slot->data_len + rec->data_len) + 4096;
+        uint8_t *grown = rs__realloc(slot->data, cap);
+        if (grown == NULL)
+            return rs__error(RS_ENOMEM, "out of memory building a page to upload");
+        slot->data = grown;
+        slot->data_cap = cap;
+    }
+    if (rec->data_len)
+        memcpy(slot->data + slot->data_len, rec->data, rec->data_len);
+    slot->data_len += rec->data_len;
+    slot->recs[slot->count] = *rec;
+    slot->recs[slot->count].data = NULL; /* set by up_encode: data may move until then */
+    slot->bytes += (slot->count ? 1 : 0) + rs_wire_record_size(rec);
+    slot->count++;
+    return 0;
+}
 
 static void *up_worker(void *arg)
 {
@@ -712,8 +768,13 @@ static void *up_worker(void *arg)
             pl_put_free(&job->pl, s, 0);
             continue;
         }
-        int err = rs__client_request(&resp, NULL, ctx->client, "/api/v1/records", slot->body.ptr,
-                                     slot->body.len, 1);
+        int err = up_encode(slot);
+        if (err < 0) {
+            pl_fail(&job->pl, err);
+            return NULL;
+        }
+        err = rs__client_request(&resp, NULL, ctx->client, "/api/v1/records", slot->body.ptr,
+                                 slot->body.len, 1);
         if (err == 0 && (err = rs_wire_upload_result_decode(&accepted, &inserted, &seq, resp->ptr,
                                                             resp->len)) < 0)
             err = rs__error(RS_ESERVER, "server %s answered an upload with: %s",
@@ -751,11 +812,8 @@ static void *up_worker(void *arg)
 /* Hands the current page to the worker. */
 static int up_flush(up_job *job)
 {
-    int err;
     if (job->cur == NULL)
         return 0;
-    if ((err = rs_wire_upload_end(&job->cur->body)) < 0)
-        return err;
     pl_put_full(&job->pl, job->cur_index);
     job->cur = NULL;
     return 0;
@@ -824,7 +882,7 @@ static int up_add(const rs_record *rec, const uint8_t *head, void *payload)
                          shard, (unsigned long long)job->expect, (unsigned long long)rec->idx);
     }
     if (job->cur && (job->cur->count >= ctx->opts.page_records ||
-                     job->cur->body.len + rs_wire_record_size(rec) + 2 > ctx->opts.page_bytes)) {
+                     job->cur->bytes + rs_wire_record_size(rec) + 2 > ctx->opts.page_bytes)) {
         if ((err = up_flush(job)) < 0)
             return err;
     }
@@ -838,13 +896,11 @@ static int up_add(const rs_record *rec, const uint8_t *head, void *payload)
         job->cur->count = 0;
         job->cur->op = job->op;
         job->cur->first = rec->idx;
-        rs_buf_clear(&job->cur->body);
-        if ((err = rs_wire_records_begin(&job->cur->body)) < 0)
-            return err;
+        job->cur->bytes = strlen("{\"records\":[");
+        job->cur->data_len = 0;
     }
-    if ((err = rs_wire_records_add(&job->cur->body, rec)) < 0)
+    if ((err = up_keep(job->cur, rec)) < 0)
         return err;
-    job->cur->count++;
     job->expect++;
     return 0;
 }
@@ -893,8 +949,11 @@ static int upload_all(sync_ctx *ctx)
     ctx->done += job.pl.done;
     if (job.seq > ctx->seq)
         ctx->seq = job.seq;
-    for (size_t i = 0; i < PIPE_SLOTS; i++)
+    for (size_t i = 0; i < PIPE_SLOTS; i++) {
         rs_buf_free(&job.slots[i].body);
+        rs_free(job.slots[i].recs);
+        rs_free(job.slots[i].data);
+    }
     if (job.plain) {
         sodium_memzero(job.plain, job.plain_cap);
         rs_free(job.plain);
@@ -909,6 +968,10 @@ typedef struct dl_slot {
     rs_wire_batch batch;
     size_t op;
     uint64_t start;
+    rs_opened *opened; /* per record of batch, opened on the download thread */
+    size_t opened_cap;
+    uint8_t *plain; /* their plaintexts, wiped once applied */
+    size_t plain_cap, plain_used;
 } dl_slot;
 
 typedef struct dl_job {
@@ -916,6 +979,48 @@ typedef struct dl_job {
     sync_ctx *ctx;
     dl_slot slots[PIPE_SLOTS];
 } dl_job;
+
+/*
+ * Opens the records of a page on the download thread and computes their
+ * chain heads, so the applying thread only checks and writes them: the two
+ * halves of a pull then run on both cores. A record that does not open is
+ * left to the insert, which opens it again and says why.
+ */
+static int open_ahead(dl_slot *slot, const rs_key *key)
+{
+    const rs_wire_batch *b = &slot->batch;
+    size_t need = 0;
+    for (size_t i = 0; i < b->count; i++)
+        need += b->records[i].data_len > RS_ENVELOPE_OVERHEAD
+                    ? b->records[i].data_len - RS_ENVELOPE_OVERHEAD
+                    : 0;
+    if (b->count > slot->opened_cap) {
+        rs_opened *grown = rs__realloc(slot->opened, b->count * sizeof(*grown));
+        if (grown == NULL)
+            return rs__error(RS_ENOMEM, "out of memory opening a page");
+        slot->opened = grown;
+        slot->opened_cap = b->count;
+    }
+    if (need + 1 > slot->plain_cap) {
+        uint8_t *grown = rs__malloc(need + 1);
+        if (grown == NULL)
+            return rs__error(RS_ENOMEM, "out of memory opening a page");
+        if (slot->plain) {
+            sodium_memzero(slot->plain, slot->plain_cap);
+            rs_free(slot->plain);
+        }
+        slot->plain = grown;
+        slot->plain_cap = need + 1;
+    }
+    slot->plain_used = need;
+    for (size_t i = 0, at = 0; i < b->count; i++) {
+        const rs_record *rec = &b->records[i];
+        slot->opened[i].plain = slot->plain + at;
+        rs__chain_open(&slot->opened[i], key, rec);
+        at += rec->data_len > RS_ENVELOPE_OVERHEAD ? rec->data_len - RS_ENVELOPE_OVERHEAD : 0;
+    }
+    return 0;
+}
 
 static void *dl_worker(void *arg)
 {
@@ -952,8 +1057,8 @@ static void *dl_worker(void *arg)
                                               0)) < 0)
                 rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s", url,
                           rs_error_last());
-            else
-                err = check_page(&slot->batch, &op->host, op->tag, start, limit, url);
+            else if ((err = check_page(&slot->batch, &op->host, op->tag, start, limit, url)) == 0)
+                err = open_ahead(slot, ctx->store->key);
             if (err < 0) {
                 hold(ctx, i, err, start);
                 err = 0;
@@ -998,8 +1103,10 @@ static int download_all(sync_ctx *ctx)
             pl_put_free(&job.pl, s, 0);
             continue;
         }
-        if ((err = rs_store_insert(&inserted, ctx->store, slot->batch.records, slot->batch.count)) <
-            0) {
+        err = rs__store_insert_opened(&inserted, ctx->store, slot->batch.records, slot->batch.count,
+                                      slot->opened);
+        sodium_memzero(slot->plain, slot->plain_used);
+        if (err < 0) {
             const rs_diff_op *op = &ctx->diff->ops[slot->op];
             if (err == RS_EKEY && !ctx->key_checked) {
                 /* No record opened yet: nothing was written, nothing uploaded. */
@@ -1028,8 +1135,15 @@ static int download_all(sync_ctx *ctx)
     if (err == 0 && ret < 0)
         err = ret;
     pthread_join(worker, NULL);
-    for (size_t i = 0; i < PIPE_SLOTS; i++)
-        rs_wire_batch_free(&job.slots[i].batch);
+    for (size_t i = 0; i < PIPE_SLOTS; i++) {
+        dl_slot *slot = &job.slots[i];
+        rs_wire_batch_free(&slot->batch);
+        rs_free(slot->opened);
+        if (slot->plain) {
+            sodium_memzero(slot->plain, slot->plain_cap);
+            rs_free(slot->plain);
+        }
+    }
     pl_destroy(&job.pl);
     return err;
 }
