@@ -287,6 +287,8 @@ int rs__chain_audit(rs_store *store, const char *url)
                               name, (long long)sqlite3_column_int64(st, 3) - 1, wtext, url);
     } else if (rc != SQLITE_DONE) {
         err = rs__sqlite_error(store->db, rc, "checking checkpoints");
+    } else {
+        store->audit_due = 0;
     }
     sqlite3_finalize(st);
     return err;

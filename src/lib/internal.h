@@ -154,6 +154,7 @@ struct rs_store {
     rs_store_opts opts;
     int explicit_txn;   /* inside rs_store_begin ... commit */
     int chain_backfill; /* the schema was migrated from before chains: heads to compute */
+    int audit_due;      /* records were written since this process last ran rs__chain_audit */
     rs_tag_entry *tags;
     size_t tag_count;
     rs_warning_cb warn;

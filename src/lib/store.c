@@ -670,6 +670,7 @@ static int store_finish_open(rs_store *store)
         return err;
     if (store->chain_backfill && (err = rs__chain_backfill(store)) < 0)
         return err;
+    store->audit_due = 1;
     return rs__register_builtin_tags(store);
 }
 
@@ -1245,6 +1246,8 @@ int rs__store_insert_opened(size_t *inserted, rs_store *store, const rs_record *
         goto fail;
     if ((err = op_commit(&t, store)) < 0)
         goto fail;
+    if (added)
+        store->audit_due = 1;
     if (inserted)
         *inserted = added;
     goto done;
