@@ -41,52 +41,49 @@ def history_state(d):
     return sorted(d.run("history", "list", "--json", "--all").text.splitlines())
 
 
-def user_records(d):
-    """{record id: (tag, hlc, version)} of every record but checkpoints."""
-    return {r["id"]: (r["tag"], r["hlc"]) for r in d.log() if r["tag"] != "rs.checkpoint"}
-
-
-def contents(d, ids):
-    """{id: decrypted payload} for `ids`."""
-    return {i: d.cat(i) for i in ids}
+def records_of(d):
+    """{record id: (host, tag, hlc, payload size)} of every record but checkpoints."""
+    return {r["id"]: (r["host"], r["tag"], r["hlc"], r["size"]) for r in d.log()
+            if r["tag"] != "rs.checkpoint"}
 
 
 def host_of(d):
     return d.setting("host")
 
 
-def write(d, tag, n, kv_ns="ns"):
-    """n kv sets of keys unique to `tag` plus one shared key, n history entries."""
-    for i in range(n):
-        d.run("kv", "set", kv_ns, "%s-%d" % (tag, i), "value of %s %d" % (tag, i))
-        d.run("history", "add", "--cwd", "/w/" + tag, "--", "echo", tag, str(i))
-    d.run("kv", "set", kv_ns, "shared", "last written by " + tag)
+def write(d, tag, kv=2, history=3):
+    """kv sets of keys unique to `tag`, one of the shared key, history entries."""
+    for i in range(kv):
+        d.run("kv", "set", "ns", "%s-%d" % (tag, i), "value of %s %d" % (tag, i))
+    d.run("kv", "set", "ns", "shared", "last written by " + tag)
+    lines = "".join("echo %s %d\n" % (tag, i) for i in range(history))
+    d.run("history", "import", "bash", "-", input=lines.encode())
 
 
 class CopiedStore(unittest.TestCase):
     def test_copy_written_on_both_then_reidentified_converges_on_three(self):
         server = ServerProcess(self)
         orig, third = make_devices(self, server, 2, names=["orig", "third"])
-        write(orig, "before", 3)
+        write(orig, "before")
         orig.sync()
-        write(orig, "unsynced", 2)  # in both copies, never uploaded before the copy
+        write(orig, "unsynced", kv=1, history=1)  # in both copies, not uploaded before the copy
         copy = copy_store(self, orig, "copy")
         old_host = host_of(orig)
         self.assertEqual(host_of(copy), old_host)
-        common = user_records(orig)
+        common = records_of(orig)
 
-        write(orig, "orig", 4)
+        write(orig, "orig")
         orig.run("kv", "del", "ns", "before-0")
         first = [json.loads(l) for l in history_state(orig)]
         orig.run("history", "delete", [e["id"] for e in first if e["command"] == "echo before 0"][0])
-        write(copy, "copy", 5)
+        write(copy, "copy", kv=3, history=4)
         copy.run("kv", "del", "ns", "before-1")
-        orig_written = set(user_records(orig)) - set(common)
-        copy_written = set(user_records(copy)) - set(common)
-        self.assertTrue(orig_written and copy_written)
+        orig_recs, copy_recs = records_of(orig), records_of(copy)
+        orig_written = set(orig_recs) - set(common)
+        copy_written = set(copy_recs) - set(common)
+        self.assertEqual(len(orig_written), 2 + 1 + 3 + 2)
+        self.assertEqual(len(copy_written), 3 + 1 + 4 + 1)
         self.assertFalse(orig_written & copy_written)
-        expect_content = contents(orig, sorted(set(common) | orig_written))
-        expect_content.update(contents(copy, sorted(copy_written)))
 
         self.assertEqual(orig.sync()["outcome"], "push")
         before = copy.dump()
@@ -97,75 +94,63 @@ class CopiedStore(unittest.TestCase):
         self.assertEqual(copy.dump(), before, "a refused sync changed the store")
 
         r = copy.run("reidentify", "--json").json
+        new_host = r["new_host"]
         self.assertEqual(r["old_host"], old_host)
-        self.assertNotEqual(r["new_host"], old_host)
-        self.assertEqual(host_of(copy), r["new_host"])
+        self.assertNotEqual(new_host, old_host)
+        self.assertEqual(host_of(copy), new_host)
         self.assertEqual(host_of(orig), old_host, "the original keeps its host id")
         self.assertEqual(r["resealed"], len(copy_written))
+        self.assertEqual(r["kept"], len(common))
         self.assertEqual(r["sync"]["uploaded"], len(copy_written))
-        self.assertGreaterEqual(r["sync"]["downloaded"], len(orig_written))
+        self.assertEqual(r["sync"]["downloaded"], len(orig_written))
         self.assertEqual(orig.sync()["downloaded"], len(copy_written))
-        third.sync()
+        self.assertEqual(third.sync()["downloaded"],
+                         len(common) + len(orig_written) + len(copy_written))
         self.assertEqual(copy.sync()["outcome"], "noop")
 
+        # Every record on every device: same ids, clocks and payload sizes as
+        # written, the copy's under its new host id; verify opens them all.
+        want = dict(common)
+        want.update({i: orig_recs[i] for i in orig_written})
+        want.update({i: (new_host,) + copy_recs[i][1:] for i in copy_written})
         for d in (orig, copy, third):
             d.verify()
-        want = set(common) | orig_written | copy_written
-        for d in (orig, copy, third):
-            recs = user_records(d)
-            self.assertEqual(set(recs), want, "%s: records lost or extra" % d.name)
-            self.assertEqual(len(recs), len(common) + len(orig_written) + len(copy_written))
-        self.assertEqual(contents(third, sorted(want)), expect_content, "content differs")
-        # Same ids and clocks on every device, the copy's under its new host id.
-        logs = [{r["id"]: (r["host"], r["tag"], r["hlc"]) for r in d.log()
-                 if r["tag"] != "rs.checkpoint"} for d in (orig, copy, third)]
-        self.assertEqual(logs[0], logs[1])
-        self.assertEqual(logs[0], logs[2])
-        self.assertEqual({logs[0][i][0] for i in copy_written}, {r["new_host"]})
-        self.assertEqual({logs[0][i][0] for i in orig_written}, {old_host})
+            self.assertEqual(records_of(d), want, "%s: records lost, extra or changed" % d.name)
 
-        kv = kv_state(orig)
-        hist = history_state(orig)
-        self.assertEqual(kv_state(copy), kv)
-        self.assertEqual(kv_state(third), kv)
-        self.assertEqual(history_state(copy), hist)
-        self.assertEqual(history_state(third), hist)
-        # Both sides' writes are there, each delete too.
+        kv, hist = kv_state(orig), history_state(orig)
+        for d in (copy, third):
+            self.assertEqual(kv_state(d), kv, "%s: kv differs" % d.name)
+            self.assertEqual(history_state(d), hist, "%s: history differs" % d.name)
         got = {json.loads(l)["key"]: json.loads(l) for l in kv}
-        for k in ("orig-3", "copy-4", "unsynced-1", "before-2"):
-            self.assertFalse(got[k]["deleted"], k)
-        self.assertTrue(got["before-0"]["deleted"])
-        self.assertTrue(got["before-1"]["deleted"])
+        for k in ("orig-1", "copy-2", "unsynced-0", "before-1"):
+            self.assertIn(k, got)
+        self.assertFalse(got["orig-1"]["deleted"] or got["copy-2"]["deleted"])
+        self.assertTrue(got["before-0"]["deleted"], "the original's delete")
+        self.assertTrue(got["before-1"]["deleted"], "the copy's delete")
         self.assertEqual(got["shared"]["value"], "last written by copy")
-        self.assertEqual(got["shared"]["host"], r["new_host"])
-        commands = {json.loads(l)["command"] for l in hist if not json.loads(l)["deleted"]}
-        self.assertIn("echo copy 4", commands)
-        self.assertIn("echo orig 3", commands)
-        self.assertEqual(sum(1 for l in hist if json.loads(l)["deleted"]), 1)
+        self.assertEqual(got["shared"]["host"], new_host)
+        entries = [json.loads(l) for l in hist]
+        live = {e["command"] for e in entries if not e["deleted"]}
+        self.assertTrue({"echo copy 3", "echo orig 2", "echo unsynced 0"} <= live)
+        self.assertEqual(sum(1 for e in entries if e["deleted"]), 1, "the original's delete")
+        self.assertNotIn("echo before 0", live)
+        self.assertIn("echo before 1", live)
 
-        # Both keep writing and syncing.
+        # Running it again is safe: nothing to move, yet another id, nothing lost;
+        # both keep writing and syncing.
+        r2 = copy.run("reidentify", "--json").json
+        self.assertEqual(r2["old_host"], new_host)
+        self.assertNotIn(r2["new_host"], (old_host, new_host))
+        self.assertEqual(r2["resealed"], 0)
+        self.assertEqual(r2["sync"]["outcome"], "noop")
         orig.run("kv", "set", "ns", "later", "orig")
         copy.run("kv", "set", "ns", "later2", "copy")
-        for d in (orig, copy, third, orig, copy):
+        for d in (orig, copy, third, orig):
             d.sync()
-        self.assertEqual(kv_state(third), kv_state(orig))
-        self.assertEqual(kv_state(copy), kv_state(orig))
-
-        # Running it again is safe: nothing to move, yet another id, nothing lost.
-        r2 = copy.run("reidentify", "--json").json
-        self.assertEqual(r2["old_host"], r["new_host"])
-        self.assertNotIn(r2["new_host"], (old_host, r["new_host"]))
-        self.assertEqual(r2["resealed"], 0)
-        copy.run("kv", "set", "ns", "after-twice", "x")
-        for d in (copy, orig, third):
-            d.sync()
+        for d in (copy, third):
             d.verify()
-        self.assertEqual(kv_state(third), kv_state(copy))
-        self.assertEqual(kv_state(orig), kv_state(copy))
-        self.assertEqual(history_state(third), history_state(copy))
-        self.assertEqual(set(user_records(third)), set(user_records(copy)))
-        self.assertEqual(set(user_records(orig)), set(user_records(copy)))
-        for d in (orig, copy, third):
+            self.assertEqual(kv_state(d), kv_state(orig))
+            self.assertEqual(set(records_of(d)), set(records_of(orig)))
             self.assertIsNone(d.status().get("alarm"), "%s: a fork alarm" % d.name)
 
     def test_original_refused_after_copy_uploaded_reidentifies_there(self):
@@ -173,54 +158,54 @@ class CopiedStore(unittest.TestCase):
         original): the original is the one refused, and reidentify runs there."""
         server = ServerProcess(self)
         orig, third = make_devices(self, server, 2, names=["orig", "third"])
-        write(orig, "before", 2)
+        write(orig, "before")
         orig.sync()
         copy = copy_store(self, orig, "copy")
-        common = set(user_records(orig))
-        write(copy, "copy", 4)
+        common = set(records_of(orig))
+        write(copy, "copy", kv=3, history=3)
         self.assertEqual(copy.sync()["outcome"], "push")
-        write(copy, "copy-more", 1)  # written after its upload: stays under the old id too
-        write(orig, "orig", 2)
+        write(copy, "more", kv=0, history=1)  # written after its upload: the old id's too
+        write(orig, "orig", kv=1, history=1)
         before = orig.dump()
         r = orig.sync(expect=1)
         self.assertIn("recsync reidentify", r.err.decode())
         self.assertIn("ends at idx", r.err.decode())
         self.assertEqual(orig.dump(), before)
 
-        orig_div = set(user_records(orig)) - common
+        orig_div = set(records_of(orig)) - common
         r = orig.run("reidentify", "--json").json
         self.assertEqual(r["resealed"], len(orig_div))
-        self.assertEqual(copy.sync()["outcome"], "merge")
+        self.assertEqual(host_of(copy), r["old_host"], "the copy keeps the old id")
+        copy.sync()
         third.sync()
         orig.sync()
+        state = kv_state(third)
         for d in (orig, copy, third):
             d.verify()
-        self.assertEqual(kv_state(third), kv_state(orig))
-        self.assertEqual(kv_state(copy), kv_state(orig))
-        self.assertEqual(history_state(copy), history_state(third))
-        self.assertEqual(set(user_records(third)), set(user_records(copy)))
-        self.assertTrue(orig_div <= set(user_records(third)))
-        got = {json.loads(l)["key"] for l in kv_state(third)}
-        self.assertTrue({"orig-1", "copy-3", "copy-more-0", "before-1"} <= got)
-        self.assertEqual(host_of(copy), r["old_host"], "the copy kept the old id")
+            self.assertEqual(kv_state(d), state)
+            self.assertEqual(set(records_of(d)), set(records_of(third)))
+        self.assertTrue(orig_div <= set(records_of(third)))
+        got = {json.loads(l)["key"] for l in state}
+        self.assertTrue({"orig-0", "copy-2", "before-1", "shared"} <= got)
+        self.assertEqual(len(history_state(third)), 3 + 3 + 1 + 1)
 
     def test_copy_that_has_not_diverged_and_logged_out_store(self):
         server = ServerProcess(self)
         (orig,) = make_devices(self, server, 1, names=["orig"])
-        write(orig, "before", 2)
+        write(orig, "before")
         orig.sync()
         copy = copy_store(self, orig, "copy")
         r = copy.run("reidentify", "--json").json
         self.assertEqual(r["resealed"], 0)
-        self.assertEqual(r["kept"], len(orig.log()))
+        self.assertEqual(r["kept"], len(records_of(orig)))
         self.assertEqual(r["sync"]["uploaded"], 0)
-        write(copy, "copy", 1)
-        write(orig, "orig", 1)
+        write(copy, "copy", kv=1, history=1)
+        write(orig, "orig", kv=1, history=1)
         orig.sync()
         copy.sync()
         orig.sync()
         self.assertEqual(kv_state(orig), kv_state(copy))
-        self.assertEqual(set(user_records(orig)), set(user_records(copy)))
+        self.assertEqual(set(records_of(orig)), set(records_of(copy)))
 
         # Not logged in (never, or logged out): a clear error, nothing changed.
         fresh = Device(self, "fresh", key=orig.key_export(), password=orig.password)
@@ -235,13 +220,11 @@ class CopiedStore(unittest.TestCase):
         self.assertIn("not logged in", err)
         self.assertIn("recsync login", err)
         self.assertEqual(fresh.dump(), before)
-        # A wrong password: refused by the server, the store unchanged but for the note.
-        before = {row for row in copy.records()}
-        host = host_of(copy)
+        # A wrong password: refused by the server; the store unchanged but for the note.
+        before = copy.dump()
         err = copy.run("reidentify", expect=1, env={"RECSYNC_PASSWORD": "wrong"}).err.decode()
         self.assertIn("wrong user name or password", err)
-        self.assertEqual(host_of(copy), host)
-        self.assertEqual({row for row in copy.records()}, before)
+        self.assertEqual(strip_note(copy.dump()), strip_note(before))
 
 
 class KilledWhileReidentifying(unittest.TestCase):
@@ -258,11 +241,22 @@ class KilledWhileReidentifying(unittest.TestCase):
         lines = ["copy-%05d-%s" % (i, "z" * (i % 40)) for i in range(KILL_RECORDS)]
         copy.append_lines("notes", lines)
         old = host_of(copy)
+        ORIGINAL[0] = old
         before = copy.dump()
         pristine = copy_store(self, copy, "pristine")
 
         env = dict(os.environ, RECSYNC_PASSWORD=copy.password)
         cmd = [recsync_bin(), "--dir", copy.dir, "reidentify", "--no-sync", "--json"]
+        # How long the write lock is held in an uninterrupted run, to spread the kills over it.
+        probe = copy_store(self, pristine, "probe")
+        p = subprocess.Popen([recsync_bin(), "--dir", probe.dir, "reidentify", "--no-sync"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL)
+        probe.procs.append(p)
+        locked_at = wait_locked(probe, p)
+        p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0)
+        span = time.monotonic() - locked_at
         rng = random.Random(os.environ.get("RS_TEST_SEED", "reidentify-kill"))
         outcomes = {"as it was": 0, "reidentified": 0}
         locked_kills = 0
@@ -273,11 +267,10 @@ class KilledWhileReidentifying(unittest.TestCase):
             p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  stdin=subprocess.DEVNULL)
             copy.procs.append(p)
-            deadline = time.monotonic() + 60
-            while p.poll() is None and time.monotonic() < deadline and not write_locked(copy):
-                time.sleep(0.002)
+            wait_locked(copy, p)
             if p.poll() is None:
-                time.sleep(rng.uniform(0, 0.12))
+                # Stratified over the lock's span: early kills land before the commit.
+                time.sleep(span * 1.1 * (n + rng.random()) / KILLS)
                 if p.poll() is None:
                     os.kill(p.pid, signal.SIGKILL)
                     locked_kills += 1
@@ -290,8 +283,9 @@ class KilledWhileReidentifying(unittest.TestCase):
             else:
                 outcomes["reidentified"] += 1
                 self.assertEqual(len(own_rows(copy)), len(lines))
-        print("\nreidentify SIGKILLed %d times in its transaction: %r" % (locked_kills, outcomes))
-        self.assertGreaterEqual(locked_kills, KILLS // 2, "too few kills landed in the transaction")
+        print("\nreidentify SIGKILLed %d times after it took the write lock (held %.3f s to its exit uninterrupted): %r"
+              % (locked_kills, span, outcomes))
+        self.assertGreaterEqual(locked_kills, KILLS // 2, "too few kills landed after the lock was taken")
         self.assertGreater(outcomes["as it was"], 0, "no kill landed before the commit")
         if host_of(copy) == old:
             copy.run("reidentify", "--no-sync")
@@ -303,11 +297,12 @@ class KilledWhileReidentifying(unittest.TestCase):
         for d in (orig, copy, third):
             d.verify()
             self.assertEqual(len(d.log("notes")), 200 + 50 + len(lines))
-        self.assertEqual(set(user_records(third)), set(user_records(copy)))
+        self.assertEqual(set(records_of(third)), set(records_of(copy)))
 
 
-KILLS = 5
-KILL_RECORDS = 3000
+KILLS = 4
+ORIGINAL = [None]  # the copy's host id before reidentify
+KILL_RECORDS = 2000
 
 
 def write_locked(d):
@@ -321,6 +316,18 @@ def write_locked(d):
         return True
     finally:
         con.close()
+
+
+def wait_locked(d, p):
+    """Polls until process p holds the store's write lock after it noted the
+    new host id (its transaction, not the note's), or ends; returns when."""
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline and (
+            d.setting("reidentify.host") is None and d.setting("host") == ORIGINAL[0]):
+        time.sleep(0.002)
+    while p.poll() is None and time.monotonic() < deadline and not write_locked(d):
+        time.sleep(0.001)
+    return time.monotonic()
 
 
 def own_rows(d):
