@@ -26,8 +26,8 @@ static const char usage[] =
     "the sync that follows (--no-sync: none) uploads the moved records and\n"
     "downloads what the other machine wrote. Nothing written on either is lost.\n"
     "Running it again gives yet another id. A store that is not logged in is\n"
-    "refused and left as it is. Stop 'recsync watch' and shells recording into\n"
-    "this store first: a process that opened it before keeps the old id.\n"
+    "refused and left as it is. Restart a 'recsync watch' running on this store\n"
+    "afterwards (it keeps the old id); other processes' writes follow the new id.\n"
     "--json prints {\"old_host\",\"new_host\",\"kept\",\"resealed\",\"shards\":[{\"tag\",\n"
     "\"kept\",\"resealed\"}],\"sync\":{\"outcome\",\"uploaded\",\"downloaded\"}|null}.\n";
 

@@ -302,7 +302,7 @@ class KilledWhileReidentifying(unittest.TestCase):
 
 KILLS = 4
 ORIGINAL = [None]  # the copy's host id before reidentify
-KILL_RECORDS = 2000
+KILL_RECORDS = 1200
 
 
 def write_locked(d):

@@ -312,6 +312,41 @@ static void reidentify_is_all_or_nothing_under_allocation_failures(void **state)
     rs_store_free(a);
 }
 
+static void a_handle_opened_before_appends_under_the_new_host(void **state)
+{
+    fixture *f = *state;
+    rs_store *a = test_init_store(f->a, NULL), *b = test_open_store(f->a, NULL);
+    rs_uuid old, fresh, seen;
+    rs_index *held = calloc(1, sizeof(*held)), *index = NULL;
+    rs_reidentify_report rep;
+    rs_verify_report vr;
+
+    assert_non_null(held);
+    rs_store_host(&old, a);
+    kv_set(a, "k0", "a");
+    rs_uuid_random(&fresh);
+    OK(rs__reidentify_local(&rep, a, &fresh, NULL, held));
+    rs_free(rep.shards);
+    /* b read the old id when it opened; its next write follows the store's. */
+    kv_set(b, "k1", "b");
+    OK(rs_store_begin(b));
+    OK(rs_append(NULL, b, "notes", 1, "n", 1));
+    OK(rs_store_commit(b));
+    rs_store_host(&seen, b);
+    assert_int_equal(rs_uuid_cmp(&seen, &fresh), 0);
+    OK(rs_store_index(&index, a));
+    assert_int_equal(index->count, 2);
+    assert_int_equal(test_index_end(index, &fresh, "kv"), 2);
+    assert_int_equal(test_index_end(index, &fresh, "notes"), 1);
+    assert_int_equal(test_index_end(index, &old, "kv"), 0);
+    rs_index_free(index);
+    OK(rs_store_verify(&vr, a, NULL, NULL));
+    assert_int_equal(vr.records, 3);
+    rs_index_free(held);
+    rs_store_free(b);
+    rs_store_free(a);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
 
 int main(void)
@@ -321,6 +356,7 @@ int main(void)
         T(reidentify_of_a_store_the_server_holds_whole_moves_nothing),
         T(reidentify_changes_nothing_when_a_record_does_not_open),
         T(reidentify_is_all_or_nothing_under_allocation_failures),
+        T(a_handle_opened_before_appends_under_the_new_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
