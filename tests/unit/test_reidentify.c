@@ -347,6 +347,60 @@ static void a_handle_opened_before_appends_under_the_new_host(void **state)
     rs_store_free(a);
 }
 
+static uint64_t snapshots_kept(rs_store *store)
+{
+    sqlite3_stmt *st = NULL;
+    uint64_t n;
+    assert_int_equal(
+        sqlite3_prepare_v2(rs_store_db(store), "SELECT count(*) FROM snapshots", -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = (uint64_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static void reidentify_drops_snapshots_covering_moved_records(void **state)
+{
+    fixture *f = *state;
+    rs_store *a = test_init_store(f->a, NULL), *b = test_init_store(f->b, NULL);
+    rs_uuid old_a, old_b, fresh;
+    rs_index *held = calloc(1, sizeof(*held));
+    rs_reidentify_report rep;
+    rs_snapshot_info info;
+    rs_verify_report vr;
+
+    assert_non_null(held);
+    rs_store_host(&old_a, a);
+    rs_store_host(&old_b, b);
+    for (int i = 0; i < 4; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        kv_set(a, key, "v");
+        kv_set(b, key, "v");
+    }
+    OK(rs_snapshot_write(&info, a, "kv"));
+    OK(rs_snapshot_write(&info, b, "kv"));
+    assert_int_equal(snapshots_kept(a), 1);
+    /* a's server holds kv up to 2: its snapshot (up to 4) says what no device may load. */
+    OK(rs_index_add(held, &old_a, "kv", 0, 2));
+    OK(rs_index_add(held, &old_b, "kv", 0, 4));
+    rs_uuid_random(&fresh);
+    OK(rs__reidentify_local(&rep, a, &fresh, NULL, held));
+    rs_free(rep.shards);
+    assert_int_equal(snapshots_kept(a), 0);
+    OK(rs_store_verify(&vr, a, NULL, NULL));
+    /* b's server holds all it has: nothing moves, its snapshot stays. */
+    rs_uuid_random(&fresh);
+    OK(rs__reidentify_local(&rep, b, &fresh, NULL, held));
+    assert_int_equal(rep.resealed, 0);
+    rs_free(rep.shards);
+    assert_int_equal(snapshots_kept(b), 1);
+    rs_index_free(held);
+    rs_store_free(a);
+    rs_store_free(b);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
 
 int main(void)
@@ -357,6 +411,7 @@ int main(void)
         T(reidentify_changes_nothing_when_a_record_does_not_open),
         T(reidentify_is_all_or_nothing_under_allocation_failures),
         T(a_handle_opened_before_appends_under_the_new_host),
+        T(reidentify_drops_snapshots_covering_moved_records),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
