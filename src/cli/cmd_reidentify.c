@@ -92,7 +92,7 @@ int cmd_reidentify(cli *c, int argc, char **argv)
     const char *devname = NULL;
     bool sync = true, json = false;
     char password[SECRET_MAX];
-    char *url = NULL, *user = NULL;
+    char *url = NULL, *user = NULL, *token = NULL;
     rs_store *store = NULL;
     rs_reidentify_report *rep = NULL;
     rs_sync_report *sr = NULL;
@@ -119,11 +119,14 @@ int cmd_reidentify(cli *c, int argc, char **argv)
     if (cli_open(&store, c) != 0)
         return EXIT_FAIL;
     if (rs_store_meta_get(&url, store, RS_META_SERVER) < 0 ||
-        rs_store_meta_get(&user, store, RS_META_USER) < 0) {
+        rs_store_meta_get(&user, store, RS_META_USER) < 0 ||
+        rs_store_meta_get(&token, store, RS_META_TOKEN) < 0) {
         fprintf(stderr,
                 "recsync: reidentify: store %s is not logged in to a server: reidentify joins "
                 "the account this store syncs with as a new device. Log in first ('recsync "
-                "login --server URL --user NAME'). Nothing was changed\n",
+                "login --server URL --user NAME'; on a copy that takes over the token of the "
+                "store it was copied from, which then logs in again), then run 'recsync "
+                "reidentify'. Nothing was changed\n",
                 c->dir);
         rc = EXIT_FAIL;
         goto done;
@@ -164,6 +167,10 @@ int cmd_reidentify(cli *c, int argc, char **argv)
 done:
     rs_sync_report_free(sr);
     rs_reidentify_report_free(rep);
+    if (token) {
+        memset(token, 0, strlen(token));
+        rs_free(token);
+    }
     rs_free(url);
     rs_free(user);
     rs_store_free(store);

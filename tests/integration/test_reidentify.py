@@ -80,7 +80,8 @@ class CopiedStore(unittest.TestCase):
         write(orig, "orig")
         orig.run("kv", "del", "ns", "before-0")
         first = [json.loads(l) for l in history_state(orig)]
-        orig.run("history", "delete", [e["id"] for e in first if e["command"] == "echo before 0"][0])
+        gone = [e["id"] for e in first if e["command"] == "echo before 0"][0]
+        orig.run("history", "delete", gone)
         write(copy, "copy", kv=3, history=4)
         copy.run("kv", "del", "ns", "before-1")
         orig_recs, copy_recs = records_of(orig), records_of(copy)
@@ -295,9 +296,10 @@ class KilledWhileReidentifying(unittest.TestCase):
             else:
                 outcomes["reidentified"] += 1
                 self.assertEqual(len(own_rows(copy)), len(lines))
-        print("\nreidentify SIGKILLed %d times after it took the write lock (held %.3f s to its exit uninterrupted): %r"
-              % (locked_kills, span, outcomes))
-        self.assertGreaterEqual(locked_kills, KILLS // 2, "too few kills landed after the lock was taken")
+        print("\nreidentify SIGKILLed %d times after it took the write lock (held %.3f s to its "
+              "exit uninterrupted): %r" % (locked_kills, span, outcomes))
+        self.assertGreaterEqual(locked_kills, KILLS // 2,
+                                "too few kills landed after the lock was taken")
         self.assertGreater(outcomes["as it was"], 0, "no kill landed before the commit")
         if host_of(copy) == old:
             copy.run("reidentify", "--no-sync")
