@@ -75,6 +75,7 @@ int cmd_snapshot(cli *c, int argc, char **argv);
 int cmd_devices(cli *c, int argc, char **argv);
 int cmd_logout(cli *c, int argc, char **argv);
 int cmd_account(cli *c, int argc, char **argv);
+int cmd_reidentify(cli *c, int argc, char **argv);
 
 /* Shell integration (cmd_shell.c): `init SHELL`, the hooks' history start/end/session. */
 int cmd_init_shell(cli *c, int argc, char **argv);

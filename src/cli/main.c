@@ -20,6 +20,7 @@ static const char usage_text[] =
     "  logout                      revoke this device's token and forget it\n"
     "  devices [--json]            the account's devices; devices rename|retire ...\n"
     "  account password|delete     change the password; delete the account\n"
+    "  reidentify                  a copied store gets its own host id, then syncs\n"
     "  append TAG [--lines]        a record from stdin; prints its id\n"
     "  log [--tag T] [--json]      records' metadata\n"
     "  cat ID                      a record's decrypted payload\n"
@@ -48,7 +49,7 @@ static const command commands[] = {
     {"sync", cmd_sync},         {"status", cmd_status},     {"kv", cmd_kv},
     {"history", cmd_history},   {"watch", cmd_watch},       {"repair", cmd_repair},
     {"snapshot", cmd_snapshot}, {"devices", cmd_devices},   {"logout", cmd_logout},
-    {"account", cmd_account},
+    {"account", cmd_account},   {"reidentify", cmd_reidentify},
 };
 
 int cli_fail(const char *what, int err)

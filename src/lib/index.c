@@ -131,7 +131,10 @@ int rs_index_diff(rs_diff **out, const rs_index *local, const rs_index *remote, 
                                 "this device's log %s on the server ends at idx %llu but the "
                                 "local store ends at %llu: was the store restored from an old "
                                 "copy? Refusing to sync rather than write a second, different "
-                                "record at an existing idx",
+                                "record at an existing idx. If this store directory was copied "
+                                "(or restored from a backup) and the other copy synced since, "
+                                "run 'recsync reidentify' here, on the machine refused: it "
+                                "gives this store its own host id and keeps what both wrote",
                                 name, (unsigned long long)rsh->end, (unsigned long long)ls->end);
                 goto done;
             }

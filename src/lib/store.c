@@ -367,6 +367,28 @@ static int load_clock(rs_store *store)
     return 0;
 }
 
+/*
+ * Re-reads the host id inside a write transaction: rs_reidentify (in this
+ * process or another) may have given the store a new one since this handle
+ * read it, and an append must never land in the shards of the id the store
+ * gave up.
+ */
+static int follow_host(rs_store *store)
+{
+    sqlite3_stmt *st = store->st_meta_get;
+    rs_uuid now;
+    int rc, err = 0;
+    sqlite3_bind_text(st, 1, "host", -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && rs_uuid_parse(&now, (const char *)sqlite3_column_text(st, 0)) == 0)
+        store->host = now;
+    else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = rs__sqlite_error(store->db, rc, "reading the host id");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return err;
+}
+
 static int save_clock(rs_store *store)
 {
     char text[RS_HLC_STRLEN + 1];
@@ -440,7 +462,7 @@ static int op_begin(op_txn *t, rs_store *store)
         err = txn_exec(store, TXN_BEGIN, "starting a transaction");
     if (err < 0)
         return err;
-    if (!store->explicit_txn && (err = load_clock(store)) < 0) {
+    if (!store->explicit_txn && ((err = load_clock(store)) < 0 || (err = follow_host(store)) < 0)) {
         sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
         return err;
     }
@@ -495,7 +517,7 @@ int rs_store_begin(rs_store *store)
         journal_in_memory(store, false);
         return err;
     }
-    if ((err = load_clock(store)) < 0) {
+    if ((err = load_clock(store)) < 0 || (err = follow_host(store)) < 0) {
         sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
         journal_in_memory(store, false);
         return err;

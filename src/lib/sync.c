@@ -665,7 +665,10 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
                              "this device's shard %s on server %s holds a different record at idx "
                              "%llu than the store: was the store restored from an old copy and "
                              "written to since, or is its host id used by another store? Refusing "
-                             "to sync a second history of the shard",
+                             "to sync a second history of the shard. If this store directory was "
+                             "copied (or restored from a backup) and written to on both sides, "
+                             "run 'recsync reidentify' here, on the machine refused: it gives "
+                             "this store its own host id and keeps what both wrote",
                              shard, rs__client_url(ctx->client), (unsigned long long)(rs->end - 1));
         }
     }
