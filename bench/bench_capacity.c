@@ -60,6 +60,8 @@
 #define DEVICES 3
 #define TOKEN_LEN 96
 #define OPEN_INFLIGHT 128
+#define STREAM_OPEN_S 10.0
+#define PACED_LAG_S 5.0
 #define BUSY_RETRIES 200
 
 /* ---- settings ---- */
@@ -75,6 +77,7 @@ static struct {
     size_t nsteps;
     double seconds;
     int workers;
+    int paced_workers;
     size_t writers;
     double incr_pct;
     double full_permille;
@@ -194,6 +197,7 @@ typedef struct proc_sample {
     double rss_mib;
     double hwm_mib;
     size_t fds;
+    double gen_cpu_s; /* this process's CPU time, for the generator's share */
 } proc_sample;
 
 static void sample_server(proc_sample *out)
@@ -224,6 +228,10 @@ static void sample_server(proc_sample *out)
         }
         fclose(f);
     }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    out->gen_cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     snprintf(path, sizeof(path), "/proc/%d/fd", cfg.server_pid);
     DIR *d = opendir(path);
     if (d) {
@@ -486,8 +494,9 @@ static struct {
     double start, end;
     double rate; /* paced: ops/s from start; 0: as fast as possible */
     atomic_uint_fast64_t ticket;
-    uint64_t tickets; /* paced storm: how many */
-    size_t *order;    /* storm: device numbers (u * DEVICES + d) in order */
+    atomic_uint_fast64_t missed; /* paced: tickets dropped, the generator being behind */
+    uint64_t tickets;            /* paced storm: how many */
+    size_t *order;               /* storm: device numbers (u * DEVICES + d) in order */
 } run;
 
 static uint64_t rng_next(uint64_t *s)
@@ -584,6 +593,11 @@ static void *worker_main(void *arg)
             double wait = scheduled - now_s();
             if (scheduled >= run.end)
                 break;
+            /* Behind by more than PACED_LAG_S: the rest are counted as missed, not run. */
+            if (wait < -PACED_LAG_S) {
+                atomic_fetch_add(&run.missed, 1);
+                continue;
+            }
             if (wait > 0)
                 sleep_ms(wait * 1e3);
         } else if (now_s() >= run.end) {
@@ -599,17 +613,19 @@ static void *worker_main(void *arg)
 
 static void run_workers(int mode, double seconds, double rate, uint64_t tickets)
 {
-    pthread_t *th = calloc((size_t)cfg.workers, sizeof(*th));
+    int workers = rate > 0 ? cfg.paced_workers : cfg.workers;
+    pthread_t *th = calloc((size_t)workers, sizeof(*th));
     run.mode = mode;
     run.rate = rate;
     run.tickets = tickets;
     atomic_store(&run.ticket, 0);
+    atomic_store(&run.missed, 0);
     run.start = now_s();
     run.end = run.start + seconds;
-    for (int i = 0; i < cfg.workers; i++)
+    for (int i = 0; i < workers; i++)
         if (pthread_create(&th[i], NULL, worker_main, (void *)(uintptr_t)(i + 1)) != 0)
             die("starting a worker", RS_ERROR);
-    for (int i = 0; i < cfg.workers; i++)
+    for (int i = 0; i < workers; i++)
         pthread_join(th[i], NULL);
     free(th);
 }
@@ -661,6 +677,7 @@ typedef struct stream {
     uint8_t carry_len;
     char carry[15];
     uint64_t seen_gen;
+    double begun; /* when the connect began, for the open timeout */
 } stream;
 
 static struct {
@@ -700,6 +717,7 @@ static void stream_begin(stream *s)
     inet_pton(AF_INET, cfg.host, &sa.sin_addr);
     s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     s->state = ST_CONNECTING;
+    s->begun = now_s();
     sx.inflight++;
     if (s->fd < 0) {
         char why[160];
@@ -804,6 +822,7 @@ static void *stream_main(void *arg)
 {
     (void)arg;
     struct epoll_event evs[256];
+    double last_scan = 0;
     for (;;) {
         pthread_mutex_lock(&sx.lock);
         if (sx.stop) {
@@ -816,6 +835,14 @@ static void *stream_main(void *arg)
         pthread_mutex_unlock(&sx.lock);
         int n = epoll_wait(sx.epfd, evs, 256, 20);
         pthread_mutex_lock(&sx.lock);
+        double now = now_s();
+        if (sx.inflight > 0 && now - last_scan > 1.0) {
+            last_scan = now;
+            for (size_t i = 0; i < sx.started; i++)
+                if ((sx.v[i].state == ST_CONNECTING || sx.v[i].state == ST_HEADERS) &&
+                    now - sx.v[i].begun > STREAM_OPEN_S)
+                    stream_dead(&sx.v[i], "no answer to a stream's request within 10 s");
+        }
         for (int i = 0; i < n; i++) {
             stream *s = &sx.v[evs[i].data.u64];
             if (s->state != ST_DEAD && s->state != ST_IDLE)
@@ -932,12 +959,18 @@ static void print_line(const char *phase, size_t step_users, double seconds, pro
     for (int k = 0; k < K_COUNT; k++)
         if (strcmp(phase, "storm") == 0 ? k == K_STORM : k != K_STORM)
             put_kind(&out, k);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double gen_cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    rs_buf_printf(&out, ",\"generator_cpu_ms\":%.0f", (gen_cpu_s - a->gen_cpu_s) * 1e3);
     rs_buf_printf(&out,
                   ",\"server_rss_mib\":%.1f,\"server_hwm_mib\":%.1f,\"server_fds\":%zu,"
                   "\"server_cpu_ms\":%.0f,\"server_cpu_ms_per_1k_syncs\":%.1f,"
-                  "\"stream_kib\":%.1f,\"loadavg\":%s}",
+                  "\"stream_kib\":%.1f,\"target_per_s\":%.1f,\"missed\":%llu,\"loadavg\":%s}",
                   b->rss_mib, b->hwm_mib, b->fds, cpu_ms,
-                  stats.syncs ? cpu_ms * 1000.0 / (double)stats.syncs : 0.0, stream_kib, la);
+                  stats.syncs ? cpu_ms * 1000.0 / (double)stats.syncs : 0.0, stream_kib, run.rate,
+                  (unsigned long long)atomic_load(&run.missed), la);
     printf("%s\n", out.ptr);
     fflush(stdout);
     rs_buf_free(&out);
@@ -964,6 +997,7 @@ int main(int argc, char **argv)
     parse_steps(getenv("CAP_STEPS") && *getenv("CAP_STEPS") ? getenv("CAP_STEPS") : "1000,5000");
     cfg.seconds = env_num("CAP_SECONDS", 20);
     cfg.workers = (int)env_num("CAP_WORKERS", 16);
+    cfg.paced_workers = (int)env_num("CAP_PACED_WORKERS", 64);
     cfg.writers = (size_t)env_num("CAP_WRITERS", 500);
     cfg.incr_pct = env_num("CAP_INCR_PCT", 10);
     cfg.full_permille = env_num("CAP_FULL_PERMILLE", 5);
@@ -973,8 +1007,10 @@ int main(int argc, char **argv)
     cfg.incr_s = env_num("CAP_INCR_S", 20);
     cfg.storm_devices = (size_t)env_num("CAP_STORM_DEVICES", 0);
     cfg.storm_s = env_num("CAP_STORM_S", 60);
-    if (cfg.workers < 1 || cfg.workers > 1024 || cfg.seconds <= 0) {
-        fprintf(stderr, "bench_capacity: CAP_WORKERS 1-1024 and CAP_SECONDS > 0\n");
+    if (cfg.workers < 1 || cfg.workers > 1024 || cfg.paced_workers < 1 ||
+        cfg.paced_workers > 1024 || cfg.seconds <= 0) {
+        fprintf(stderr,
+                "bench_capacity: CAP_WORKERS and CAP_PACED_WORKERS 1-1024, CAP_SECONDS > 0\n");
         return 2;
     }
     if (sodium_init() < 0)
