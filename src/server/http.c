@@ -378,8 +378,8 @@ static void watch_unlink(conn_state *cs)
 
 /*
  * The connection now holds an event stream: it moves from its address's
- * connections to its streams, and out of the watchdog's list. -1 when --max-streams-per-ip are open (or
- * the connection is being shut down).
+ * connections to its streams, and out of the watchdog's list. -1 when --max-streams-per-ip are open
+ * (or the connection is being shut down).
  */
 static int stream_begin(conn_state *cs)
 {

@@ -510,14 +510,13 @@ int main(int argc, char **argv)
         goto done;
     }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    rs_srv.daemon =
-        MHD_start_daemon(flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER,
-                         mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
-                         cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s,
-                         MHD_OPTION_CONNECTION_LIMIT, rs_srv.max_connections,
-                         MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                         (size_t)(32u * 1024u), MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed,
-                         NULL, MHD_OPTION_NOTIFY_CONNECTION, rs_http_notify, NULL, MHD_OPTION_END);
+    rs_srv.daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE, cfg->threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        rs_srv.max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32u * 1024u),
+        MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+        rs_http_notify, NULL, MHD_OPTION_END);
     if (rs_srv.daemon == NULL) {
         fprintf(stderr, "recsyncd: cannot start the HTTP server on %s\n", cfg->listen);
         rs_events_stop();
