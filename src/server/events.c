@@ -359,14 +359,19 @@ int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *
     return 0;
 }
 
-/* Wakes streams whose heartbeat is due. */
+/*
+ * Wakes streams whose heartbeat is due, every 100 ms at most: each woken
+ * stream checks its token and polls its events on an HTTP thread, and with
+ * many thousands of streams one wake a second made a burst that requests
+ * queued behind.
+ */
 static void *hub_main(void *arg)
 {
     unsigned tick = rs_srv.cfg.heartbeat_ms / 4;
     if (tick < 10)
         tick = 10;
-    if (tick > 1000)
-        tick = 1000;
+    if (tick > 100)
+        tick = 100;
     pthread_mutex_lock(&hub.lock);
     while (!hub.stopping) {
         struct timespec ts;

@@ -18,7 +18,8 @@ KINDS = ("noop", "incr_push", "incr_pull", "full", "live")
 PER_KIND = ("n", "errors", "p50_ms", "p99_ms", "max_ms")
 COMMON = ("backend", "phase", "users", "devices", "writers", "streams", "stream_cap", "seconds",
           "syncs", "syncs_per_s", "records_per_s", "server_rss_mib", "server_hwm_mib",
-          "server_fds", "server_cpu_ms", "server_cpu_ms_per_1k_syncs", "stream_kib", "loadavg")
+          "server_fds", "server_cpu_ms", "server_cpu_ms_per_1k_syncs", "stream_kib", "generator_cpu_ms",
+          "target_per_s", "missed", "loadavg")
 
 
 class CapacitySmoke(unittest.TestCase):
@@ -84,6 +85,8 @@ class CapacitySmoke(unittest.TestCase):
         storm = phases["storm"]
         self.assertEqual(storm["storm_n"], 60, "every device synced once")
         self.assertEqual(storm["storm_errors"], 0)
+        self.assertEqual(storm["missed"], 0, "60 syncs paced over 2 s")
+        self.assertGreater(storm["target_per_s"], 0)
         self.assertEqual(storm["streams"], 0, "streams are closed before the storm")
         self.assertLessEqual(storm["storm_p50_ms"], storm["storm_p99_ms"])
 
