@@ -29,9 +29,12 @@
 
 #define EVENTS_PER_QUERY 256
 #define STREAM_BLOCK 16384
+/* Streams are also listed by user, so a commit wakes its user's without walking every stream. */
+#define USER_BUCKETS 16384 /* a power of two */
 
 typedef struct subscriber {
     struct subscriber *prev, *next;
+    struct subscriber *uprev, *unext; /* the user's bucket */
     struct MHD_Connection *conn;
     int64_t user;
     rs_device dev; /* the device and token it authenticated with, checked again at heartbeats */
@@ -51,6 +54,7 @@ static struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     subscriber *head;
+    subscriber *by_user[USER_BUCKETS];
     int stopping;
     int started;
     pthread_t hub_thread;
@@ -63,6 +67,13 @@ static struct {
 static uint64_t mono_ms(void)
 {
     return rs_monotonic_ns() / 1000000u;
+}
+
+/* The bucket of `user`'s streams (Fibonacci hashing of the id). */
+static subscriber **user_bucket(int64_t user)
+{
+    uint64_t h = (uint64_t)user * 0x9e3779b97f4a7c15ull;
+    return &hub.by_user[(h >> 40) & (USER_BUCKETS - 1)];
 }
 
 /* Resumes `s` if suspended. Hub lock held. */
@@ -82,7 +93,7 @@ void rs_events_notify(int64_t user, uint64_t seq, void *payload)
 {
     pthread_mutex_lock(&hub.lock);
     /* s->last belongs to the stream's own thread: do not read it here. */
-    for (subscriber *s = hub.head; s; s = s->next) {
+    for (subscriber *s = *user_bucket(user); s; s = s->unext) {
         if (s->user == user) {
             s->dirty = 1;
             wake(s);
@@ -94,7 +105,7 @@ void rs_events_notify(int64_t user, uint64_t seq, void *payload)
 void rs_events_revoke(int64_t user, const rs_uuid *host, const char *code, const char *message)
 {
     pthread_mutex_lock(&hub.lock);
-    for (subscriber *s = hub.head; s; s = s->next) {
+    for (subscriber *s = *user_bucket(user); s; s = s->unext) {
         if (s->user == user && (host == NULL || rs_uuid_cmp(&s->dev.host, host) == 0)) {
             s->revoked = code;
             snprintf(s->revoked_message, sizeof(s->revoked_message), "%s", message);
@@ -266,6 +277,12 @@ static void stream_free(void *cls)
         hub.head = s->next;
     if (s->next)
         s->next->prev = s->prev;
+    if (s->uprev)
+        s->uprev->unext = s->unext;
+    else if (*user_bucket(s->user) == s)
+        *user_bucket(s->user) = s->unext;
+    if (s->unext)
+        s->unext->uprev = s->uprev;
     pthread_mutex_unlock(&hub.lock);
     atomic_fetch_sub(&rs_stats.subscribers, 1);
     rs_buf_free(&s->out);
@@ -330,6 +347,11 @@ int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *
     if (hub.head)
         hub.head->prev = s;
     hub.head = s;
+    subscriber **b = user_bucket(s->user);
+    s->unext = *b;
+    if (*b)
+        (*b)->uprev = s;
+    *b = s;
     pthread_mutex_unlock(&hub.lock);
     atomic_fetch_add(&rs_stats.streams_opened, 1);
     out->status = 200;
@@ -337,14 +359,19 @@ int rs_events_open(rs_reply *out, struct MHD_Connection *conn, const rs_device *
     return 0;
 }
 
-/* Wakes streams whose heartbeat is due. */
+/*
+ * Wakes streams whose heartbeat is due, every 100 ms at most: each woken
+ * stream checks its token and polls its events on an HTTP thread, and with
+ * many thousands of streams one wake a second made a burst that requests
+ * queued behind.
+ */
 static void *hub_main(void *arg)
 {
     unsigned tick = rs_srv.cfg.heartbeat_ms / 4;
     if (tick < 10)
         tick = 10;
-    if (tick > 1000)
-        tick = 1000;
+    if (tick > 100)
+        tick = 100;
     pthread_mutex_lock(&hub.lock);
     while (!hub.stopping) {
         struct timespec ts;

@@ -351,9 +351,35 @@ static void extend_deadline(conn_state *cs, uint64_t seconds)
 }
 
 /*
+ * Links `cs` into, or out of, the list the watchdog walks. A stream has no
+ * deadline, so it is out of the list while it streams: with thousands of
+ * streams open, the walk every WATCH_INTERVAL_MS was most of the watchdog's
+ * cost. Lock held.
+ */
+static void watch_link(conn_state *cs)
+{
+    cs->prev = NULL;
+    cs->next = lim.head;
+    if (lim.head)
+        lim.head->prev = cs;
+    lim.head = cs;
+}
+
+static void watch_unlink(conn_state *cs)
+{
+    if (cs->prev)
+        cs->prev->next = cs->next;
+    else
+        lim.head = cs->next;
+    if (cs->next)
+        cs->next->prev = cs->prev;
+    cs->prev = cs->next = NULL;
+}
+
+/*
  * The connection now holds an event stream: it moves from its address's
- * connections to its streams. -1 when --max-streams-per-ip are open (or
- * the connection is being shut down).
+ * connections to its streams, and out of the watchdog's list. -1 when --max-streams-per-ip are open
+ * (or the connection is being shut down).
  */
 static int stream_begin(conn_state *cs)
 {
@@ -367,6 +393,7 @@ static int stream_begin(conn_state *cs)
             cs->peer->conns--;
             cs->peer->streams++;
             cs->stream = true;
+            watch_unlink(cs);
         }
     }
     pthread_mutex_unlock(&lim.lock);
@@ -380,6 +407,7 @@ static void stream_end(conn_state *cs)
         cs->peer->streams--;
         cs->peer->conns++;
         cs->stream = false;
+        watch_link(cs);
     }
     pthread_mutex_unlock(&lim.lock);
 }
@@ -400,12 +428,8 @@ void rs_http_notify(void *cls, struct MHD_Connection *conn, void **socket_contex
         if (cs == NULL)
             return;
         pthread_mutex_lock(&lim.lock);
-        if (cs->prev)
-            cs->prev->next = cs->next;
-        else
-            lim.head = cs->next;
-        if (cs->next)
-            cs->next->prev = cs->prev;
+        if (!cs->stream) /* a stream is not in the watchdog's list */
+            watch_unlink(cs);
         if (cs->peer_prev)
             cs->peer_prev->peer_next = cs->peer_next;
         else
@@ -443,10 +467,7 @@ void rs_http_notify(void *cls, struct MHD_Connection *conn, void **socket_contex
         cs->peer = p;
         cs->fd = fd;
         cs->deadline_ns = deadline_after(rs_srv.cfg.request_deadline_s);
-        cs->next = lim.head;
-        if (lim.head)
-            lim.head->prev = cs;
-        lim.head = cs;
+        watch_link(cs);
         cs->peer_next = p->first;
         if (p->first)
             p->first->peer_prev = cs;

@@ -66,6 +66,9 @@ static const char usage_text[] =
     "                            streams aside (default 64; 0: no bound)\n"
     "  --max-streams-per-ip N    event streams one client address may hold open\n"
     "                            (default 1024; 0: no bound)\n"
+    "  --max-connections N       connections open at once, event streams included\n"
+    "                            (default: the open-file limit less what the server\n"
+    "                            keeps for itself; never more than that)\n"
     "  --body-budget BYTES       request body bytes held at once over all connections;\n"
     "                            past it, 503 with Retry-After (default 268435456)\n"
     "  --sync-full               SQLite synchronous=FULL (durable across power loss)\n"
@@ -210,6 +213,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         OPT_REQUEST_DEADLINE,
         OPT_MAX_CONNS_PER_IP,
         OPT_MAX_STREAMS_PER_IP,
+        OPT_MAX_CONNECTIONS,
         OPT_BODY_BUDGET,
         OPT_SYNC_FULL,
         OPT_ARGON2_FAST,
@@ -243,6 +247,7 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
         {"request-deadline-s", required_argument, NULL, OPT_REQUEST_DEADLINE},
         {"max-conns-per-ip", required_argument, NULL, OPT_MAX_CONNS_PER_IP},
         {"max-streams-per-ip", required_argument, NULL, OPT_MAX_STREAMS_PER_IP},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
         {"body-budget", required_argument, NULL, OPT_BODY_BUDGET},
         {"sync-full", no_argument, NULL, OPT_SYNC_FULL},
         {"argon2-fast", no_argument, NULL, OPT_ARGON2_FAST},
@@ -347,6 +352,9 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
             cfg->max_streams_per_ip =
                 (unsigned)parse_num("--max-streams-per-ip", optarg, 0, 1000000);
             break;
+        case OPT_MAX_CONNECTIONS:
+            cfg->max_connections = (unsigned)parse_num("--max-connections", optarg, 1, 10000000);
+            break;
         case OPT_BODY_BUDGET:
             cfg->body_budget = parse_num("--body-budget", optarg, 1024, (uint64_t)1 << 40);
             break;
@@ -411,6 +419,37 @@ static void parse_args(rs_config *cfg, int argc, char **argv)
 }
 
 /*
+ * How many connections MHD may hold: every one is a file descriptor, so
+ * what RLIMIT_NOFILE (raised to its hard limit) leaves after the server's
+ * own: the listen socket, one epoll descriptor and pipe per worker thread,
+ * the database's connections (PostgreSQL) or files (SQLite and its WAL),
+ * the log, and room for the prune and retention threads. An asked-for
+ * --max-connections above that is lowered, with a line saying so: past
+ * the limit accept() fails with EMFILE and MHD spins on the listen socket.
+ */
+static unsigned connection_limit(const rs_config *cfg)
+{
+    struct rlimit rl;
+    uint64_t reserve = 64 + 4ull * cfg->threads + (cfg->threads + 8), room = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        room = rl.rlim_cur > reserve + 16 ? rl.rlim_cur - reserve : 16;
+    else
+        room = 1000000;
+    if (room > 1000000)
+        room = 1000000;
+    if (cfg->max_connections == 0)
+        return (unsigned)room;
+    if (cfg->max_connections > room) {
+        fprintf(stderr,
+                "recsyncd: --max-connections %u is more than the open-file limit (%llu) allows: "
+                "using %llu (raise it with ulimit -n or systemd's LimitNOFILE)\n",
+                cfg->max_connections, (unsigned long long)rl.rlim_cur, (unsigned long long)room);
+        return (unsigned)room;
+    }
+    return cfg->max_connections;
+}
+
+/*
  * Start-up order: options, backend, auth, listening socket, the connection
  * watchdog, event threads, HTTP daemon, then the port line. Shut-down on SIGTERM/SIGINT: stop
  * accepting, end streams (MHD must not stop with suspended connections),
@@ -439,6 +478,7 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    rs_srv.max_connections = connection_limit(cfg);
     if (sodium_init() < 0) {
         fprintf(stderr, "recsyncd: libsodium failed to initialize\n");
         return 1;
@@ -470,13 +510,13 @@ int main(int argc, char **argv)
         goto done;
     }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    rs_srv.daemon =
-        MHD_start_daemon(flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER,
-                         mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
-                         cfg->threads, MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s,
-                         MHD_OPTION_CONNECTION_LIMIT, 10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                         (size_t)(32u * 1024u), MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed,
-                         NULL, MHD_OPTION_NOTIFY_CONNECTION, rs_http_notify, NULL, MHD_OPTION_END);
+    rs_srv.daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, rs_http_handle, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE, cfg->threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        rs_srv.max_connections, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32u * 1024u),
+        MHD_OPTION_NOTIFY_COMPLETED, rs_http_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+        rs_http_notify, NULL, MHD_OPTION_END);
     if (rs_srv.daemon == NULL) {
         fprintf(stderr, "recsyncd: cannot start the HTTP server on %s\n", cfg->listen);
         rs_events_stop();

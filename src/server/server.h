@@ -37,6 +37,7 @@ typedef struct rs_config {
     unsigned connection_timeout_s;
     unsigned max_conns_per_ip;   /* connections per client address, streams aside (0: no bound) */
     unsigned max_streams_per_ip; /* event streams per client address (0: no bound) */
+    unsigned max_connections;    /* --max-connections (0: from RLIMIT_NOFILE) */
     unsigned request_deadline_s; /* a request must be read within this (0: no deadline) */
     size_t body_budget;          /* request body bytes held at once, all connections */
     bool argon2_fast;
@@ -57,6 +58,7 @@ typedef struct rs_server {
     rs_config cfg;
     rs_backend *backend;
     struct MHD_Daemon *daemon;
+    unsigned max_connections; /* what MHD was given (connection_limit in main.c) */
 } rs_server;
 
 extern rs_server rs_srv;

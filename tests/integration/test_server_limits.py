@@ -207,6 +207,34 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertIn("--max-streams-per-ip", json.loads(body)["message"])
 
 
+    def test_max_connections_bounds_all_connections_and_is_kept_under_the_open_file_limit(self):
+        # One worker thread: libmicrohttpd splits the bound between its workers.
+        server = ServerProcess(self, args=["--max-connections", "6", "--threads", "1", "--max-conns-per-ip", "0",
+                                           "--request-deadline-s", "60"])
+        self.assertEqual(metric(server, "recsyncd_connections_max"), 6)
+        wait_quiet(server)
+        socks = []
+        self.addCleanup(lambda: [s.close() for s in socks])
+        for _ in range(6):
+            s = connect(server.port)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished: held open
+            socks.append(s)
+        time.sleep(0.3)
+        self.assertNotEqual(healthz_from(server.port, "127.0.0.2", timeout=1.5), 200,
+                            "a seventh connection past --max-connections 6")
+        socks.pop().close()
+        deadline = time.monotonic() + 5
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            status = healthz_from(server.port, "127.0.0.2", timeout=1.5)
+        self.assertEqual(status, 200, "served once one of the six closed")
+        # A bound the open-file limit cannot hold is lowered to what it can, and said.
+        big = ServerProcess(self, args=["--max-connections", "10000000"])
+        self.assertLess(metric(big, "recsyncd_connections_max"), 10000000)
+        self.assertGreater(metric(big, "recsyncd_connections_max"), 16)
+        self.assertIn("--max-connections 10000000 is more than the open-file limit", big.log())
+
+
 class DeadlineTests(unittest.TestCase):
     def trickle_until_closed(self, sock, piece, every, most):
         """Sends `piece` every `every` seconds until the server closes `sock`;
