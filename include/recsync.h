@@ -14,5 +14,6 @@
 #include "recsync/kv.h"
 #include "recsync/history.h"
 #include "recsync/devices.h"
+#include "recsync/keys.h"
 
 #endif

@@ -46,6 +46,8 @@ void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec)
 {
     crypto_generichash_state st;
     uint8_t tl = (uint8_t)strlen(rec->tag);
+    if (key->next) /* keyed with the chain key of the key that sealed it (keyring.c) */
+        key = rs__key_for(key, rec->data, rec->data_len);
     crypto_generichash_init(&st, key->chain, RS_CHAIN_BYTES, RS_CHAIN_BYTES);
     crypto_generichash_update(&st, (const uint8_t *)"RSH1", 4);
     crypto_generichash_update(&st, rec->host.bytes, 16);

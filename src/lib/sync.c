@@ -15,6 +15,7 @@
  * worker owns the HTTP client while the pipeline runs.
  */
 #include "client.h"
+#include "keyring.h"
 #include "snapshot_int.h"
 
 #include <jansson.h>
@@ -1291,6 +1292,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     int wrote = 0;
     if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
         (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
+        (err = rs__keyring_sync(store, ctx.client, remote)) < 0 ||
         (err = rs_store_index(&local, store)) < 0 ||
         (err = rs__chain_preflight(store, rs__client_url(ctx.client), local, remote,
                                    last ? last->remote : NULL)) < 0 ||
