@@ -345,6 +345,10 @@ int rs__keyring_device_seen(rs_store *store, const rs_record *rec, const char *h
     uint8_t pk[RS_DEVICE_PK_BYTES];
     if (hex == NULL || rs__unhex(pk, sizeof(pk), hex) < 0)
         return 0; /* a checkpoint of a build before key rotation, or a newer form */
+    /* Only under the current key: after a rotation, the holder of an old key cannot add one. */
+    if (rec->data_len < 4 + RS_KEY_ID_BYTES ||
+        memcmp(rec->data + 4, store->key->id, RS_KEY_ID_BYTES) != 0)
+        return 0;
     return put_device(store->db, rec->host.bytes, pk, rec->hlc);
 }
 
@@ -805,6 +809,30 @@ done:
     return err;
 }
 
+int rs__keyring_import(rs_store *store, const rs_key *key)
+{
+    rs_key *k;
+    int err;
+    if ((err = rs_store_begin(store)) < 0)
+        return err;
+    if ((err = keep_key(store->db, store->key)) < 0 ||
+        (err = learn(store, key->bytes, key->id)) < 0) {
+        rs_store_rollback(store);
+        return err;
+    }
+    if ((err = rs_store_commit(store)) < 0)
+        return err;
+    if ((k = (rs_key *)rs__key_find(store->key, key->id)) != store->key) {
+        rs_key *p = store->key;
+        while (p->next != k)
+            p = p->next;
+        p->next = k->next;
+        k->next = store->key;
+        store->key = k;
+    }
+    return rs__store_write_key(store, store->key);
+}
+
 /* ---- the public API ---- */
 
 int rs_keyring_list(rs_keyring_entry **out, size_t *count, rs_store *store)
@@ -940,12 +968,38 @@ fail:
     return err;
 }
 
+int rs__key_rotate_snapshots(uint64_t *written, rs_store *store)
+{
+    rs_index *index = NULL;
+    int err = rs_store_index(&index, store);
+    *written = 0;
+    if (err < 0)
+        return err;
+    for (size_t t = 0; t < store->tag_count && err == 0; t++) {
+        const char *tag = store->tags[t].tag;
+        rs_snapshot_info info;
+        int has = 0;
+        for (size_t i = 0; i < index->count && !has; i++)
+            has = strcmp(index->shards[i].tag, tag) == 0 && index->shards[i].end > 0;
+        if (!has || store->tags[t].def.snapshot_write == NULL)
+            continue;
+        err = rs_snapshot_write(&info, store, tag);
+        if (err == RS_EVERSION || err == RS_ENOTFOUND) {
+            rs__warn(store, "no snapshot of %s under the new key: %s", tag, rs_error_last());
+            err = 0;
+        } else if (err == 0) {
+            (*written)++;
+        }
+    }
+    rs_index_free(index);
+    return err;
+}
+
 int rs_key_rotate(rs_key_rotation *out, rs_store *store, const rs_key_device *plan, size_t count)
 {
     uint8_t(*pks)[RS_DEVICE_PK_BYTES] = NULL, new_id[RS_KEY_ID_BYTES];
     rs_uuid *hosts = NULL, *retired = NULL;
     rs_sync_report *report = NULL;
-    rs_index *index = NULL;
     size_t n = 0, r = 0;
     uint64_t started = rs_now_ms();
     int err = 0;
@@ -995,32 +1049,14 @@ int rs_key_rotate(rs_key_rotation *out, rs_store *store, const rs_key_device *pl
     rs__key_id_hex(out->new_id, new_id);
     out->recipients = n;
     out->retired = r;
-    if ((err = rs_sync(&report, store, NULL)) < 0 || (err = rs_store_index(&index, store)) < 0)
+    if ((err = rs_sync(&report, store, NULL)) < 0 ||
+        (err = rs__key_rotate_snapshots(&out->snapshots, store)) < 0)
         goto done;
-    /* A snapshot of every tag under the new key: what lets the server prune the older ones. */
-    for (size_t t = 0; t < store->tag_count; t++) {
-        const char *tag = store->tags[t].tag;
-        rs_snapshot_info info;
-        int has = 0;
-        for (size_t i = 0; i < index->count && !has; i++)
-            has = strcmp(index->shards[i].tag, tag) == 0 && index->shards[i].end > 0;
-        if (!has || store->tags[t].def.snapshot_write == NULL)
-            continue;
-        err = rs_snapshot_write(&info, store, tag);
-        if (err == RS_EVERSION || err == RS_ENOTFOUND) {
-            rs__warn(store, "no snapshot of %s under the new key: %s", tag, rs_error_last());
-            continue;
-        }
-        if (err < 0)
-            goto done;
-        out->snapshots++;
-    }
     if ((err = rs_snapshot_push(NULL, store)) < 0)
         goto done;
     out->elapsed_ms = rs_now_ms() - started;
 done:
     rs_sync_report_free(report);
-    rs_index_free(index);
     if (pks) {
         sodium_memzero(pks, (count ? count : 1) * sizeof(*pks));
         rs_free(pks);

@@ -36,12 +36,26 @@ int rs__key_rotate_local(rs_store *store, const uint8_t (*pks)[RS_DEVICE_PK_BYTE
                          size_t nretired, uint8_t *new_id);
 
 /*
+ * A snapshot of every registered tag that has records and can be
+ * snapshotted, under the (new) current key: what a rotation writes so the
+ * server can prune what older keys sealed. *written counts them.
+ */
+int rs__key_rotate_snapshots(uint64_t *written, rs_store *store);
+
+/*
  * Checkpoints carry the writer's public key (checkpoint.c): appends
  * ,"device_key":HEX to a checkpoint's body; keeps the key a checkpoint of
  * another device names (`hex` may be NULL: none).
  */
 int rs__keyring_checkpoint_key(rs_buf *body, rs_store *store);
 int rs__keyring_device_seen(rs_store *store, const rs_record *rec, const char *hex);
+
+/*
+ * `key import` into a store logged in to a server whose records open under
+ * `key` (account.c checked): the current key is kept in the keyring and
+ * `key` becomes current (a device that missed a rotation's box).
+ */
+int rs__keyring_import(rs_store *store, const rs_key *key);
 
 /* This device's X25519 public key. */
 int rs__device_pk(uint8_t *out, rs_store *store);
