@@ -359,6 +359,25 @@ class Upgrade(unittest.TestCase):
         v = subprocess.run([recsync_bin(), "--dir", dst, "verify"], capture_output=True, timeout=60)
         self.assertEqual(v.returncode, 0, v.stderr)
 
+    def test_a_store_made_by_a_previous_build_gets_a_device_key_pair(self):
+        """RECSYNC_PREV_BIN: a recsync built from main before key rotation (skipped without)."""
+        prev = os.environ.get("RECSYNC_PREV_BIN")
+        if not prev or not os.path.exists(prev):
+            self.skipTest("RECSYNC_PREV_BIN (a recsync of the previous build) is not set")
+        import json
+        dst = os.path.join(make_tempdir(self), "store")
+        for args in (["init"], ["kv", "set", "s", "k", "v"], ["kv", "set", "s", "k2", "v2"]):
+            r = subprocess.run([prev, "--dir", dst] + args, capture_output=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        keys = json.loads(subprocess.run([recsync_bin(), "--dir", dst, "key", "list", "--json"],
+                                         capture_output=True, timeout=60, check=True).stdout)
+        self.assertRegex(keys["device_key"], r"^[0-9a-f]{4}(-[0-9a-f]{4}){3}$")
+        self.assertEqual(keys["keys"][0]["records"], 2)
+        v = subprocess.run([recsync_bin(), "--dir", dst, "verify"], capture_output=True, timeout=60)
+        self.assertEqual(v.returncode, 0, v.stderr)
+        r = subprocess.run([recsync_bin(), "--dir", dst, "kv", "get", "s", "k2"], capture_output=True, timeout=60)
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, b"v2"))
+
 
 if __name__ == "__main__":
     unittest.main()
