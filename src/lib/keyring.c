@@ -690,6 +690,18 @@ done:
     return err;
 }
 
+void rs__keyring_order_diff(rs_diff *diff)
+{
+    size_t front = 0;
+    for (size_t i = 0; i < diff->count; i++) {
+        if (strcmp(diff->ops[i].tag, RS_KEYS_TAG) != 0)
+            continue;
+        rs_diff_op op = diff->ops[i];
+        memmove(&diff->ops[front + 1], &diff->ops[front], (i - front) * sizeof(op));
+        diff->ops[front++] = op;
+    }
+}
+
 /* ---- rotation ---- */
 
 /* "[\"hex\",...]" of every key of the ring but `except` (the older keys, for a keyring record). */

@@ -24,6 +24,13 @@ int rs__keyring_register(rs_store *store);
 int rs__keyring_sync(rs_store *store, rs_client *client, const rs_index *remote);
 
 /*
+ * Moves the diff's operations on rs.keys shards first, in their order
+ * (sync.c): a rotation reaches the server before the records sealed under
+ * its key, so no device ever pulls a record whose key it could not learn.
+ */
+void rs__keyring_order_diff(rs_diff *diff);
+
+/*
  * The local half of a rotation, without a server: a new key sealed to each
  * of the `count` public keys `pks` of devices `hosts` (crypto_box_seal), a
  * rotation record of rs.keys under the current key, then the new key made

@@ -1310,6 +1310,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     }
     if ((err = rs_index_diff(&diff, local, remote, &ctx.self)) < 0)
         goto done;
+    rs__keyring_order_diff(diff); /* a rotation travels before what its key seals */
     ctx.diff = diff;
     ctx.seq = remote->seq;
     if ((ctx.moved = rs__calloc(diff->count ? diff->count : 1, sizeof(uint64_t))) == NULL ||
