@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -45,6 +46,15 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU seconds (user + system) of this process: what a loaded machine does not inflate. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static void emit(const char *what, long n, double value, const char *unit)
@@ -241,9 +251,11 @@ int main(int argc, char **argv)
         die("reopen", err);
 
     t0 = now_s();
+    double c0 = cpu_s();
     if ((err = rs_snapshot_write(&info, a, "kv")) < 0)
         die("snapshot", err);
     emit("snapshot_ms", n, (now_s() - t0) * 1000, "ms");
+    emit("snapshot_cpu_ms", n, (cpu_s() - c0) * 1000, "ms");
 
     {
         uint8_t pks[2][RS_DEVICE_PK_BYTES];
@@ -254,6 +266,7 @@ int main(int argc, char **argv)
         if ((err = rs__device_pk(pks[0], a)) < 0 || (err = rs__device_pk(pks[1], b)) < 0)
             die("device keys", err);
         t0 = now_s();
+        c0 = cpu_s();
         if ((err = rs__key_rotate_local(a, (const uint8_t(*)[RS_DEVICE_PK_BYTES])pks, hosts, 2,
                                         NULL, 0, NULL)) < 0)
             die("rotate", err);
@@ -262,6 +275,7 @@ int main(int argc, char **argv)
             die("rotate", err);
         double t2 = now_s();
         emit("rotate_ms", n, (t2 - t0) * 1000, "ms");
+        emit("rotate_cpu_ms", n, (cpu_s() - c0) * 1000, "ms");
         emit("rotate_key_ms", n, (t1 - t0) * 1000, "ms");
         emit("rotate_snapshots_ms", n, (t2 - t1) * 1000, "ms");
         emit("rotate_snapshots", n, (double)snaps, "snapshots");
@@ -284,8 +298,10 @@ int main(int argc, char **argv)
         rs_free(text);
     }
     t0 = now_s();
+    c0 = cpu_s();
     long wrapped = rewrap_all(c, old, fresh);
     emit("rewrap_ms", wrapped, (now_s() - t0) * 1000, "ms");
+    emit("rewrap_cpu_ms", wrapped, (cpu_s() - c0) * 1000, "ms");
 
     rs__key_free(old);
     rs__key_free(fresh);

@@ -47,6 +47,10 @@ print(json.dumps({"bench": "ratio", "what": "rotate_vs_snapshot", "n": n,
                   "value": round(v["rotate_ms"] / v["snapshot_ms"], 3)}))
 print(json.dumps({"bench": "ratio", "what": "rewrap_vs_rotate", "n": n,
                   "value": round(v["rewrap_ms"] / v["rotate_ms"], 3)}))
+print(json.dumps({"bench": "ratio", "what": "rotate_vs_snapshot_cpu", "n": n,
+                  "value": round(v["rotate_cpu_ms"] / v["snapshot_cpu_ms"], 3)}))
+print(json.dumps({"bench": "ratio", "what": "rewrap_vs_rotate_cpu", "n": n,
+                  "value": round(v["rewrap_cpu_ms"] / v["rotate_cpu_ms"], 3)}))
 PY
     rm -rf "$WORK/n$n"
 done
