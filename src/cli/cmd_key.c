@@ -21,6 +21,10 @@ static const char rotate_usage[] =
     "  --retire HOST  retire this device (host id or name) in the same step: its\n"
     "                 tokens are refused and it never gets the new key (repeatable)\n"
     "  --yes          do not ask (scripts)\n"
+    "Each device publishes its public key in its checkpoints (every 10 minutes of\n"
+    "syncing; 'recsync sync --checkpoint' writes one now); the rotation names the\n"
+    "active devices that have published none and does nothing until they have or\n"
+    "are retired.\n"
     "A device joining later imports the current key ('recsync key export' here,\n"
     "'recsync key import' there); its first sync reads the older keys from the\n"
     "keyring record sealed under the current one.\n";

@@ -42,7 +42,8 @@ int cmd_key(cli *c, int argc, char **argv)
         "import: reads a key from stdin; creates the store with it if DIR has none,\n"
         "        else replaces the key of a store that holds no records it cannot open;\n"
         "        a store logged in to a server first checks one of the server's records\n"
-        "        opens under the new key (else nothing is written; both key ids named).\n"
+        "        opens under the new key (else nothing is written; both key ids named)\n"
+        "        and keeps the key it replaces in its keyring.\n"
         "rotate: a new master key for the devices that remain ('key rotate --help').\n"
         "list:   the keyring and this device's public key fingerprint.\n";
     rs_store *store = NULL;
