@@ -18,6 +18,8 @@
 #   BENCH_PG_SYNC_COMMIT  the cluster's synchronous_commit (default on, PostgreSQL's own default)
 #   BENCH_SNAPSHOT    1: also run bench/snapshot.sh (snapshots and pruning) at the end (default 0)
 #   BENCH_SNAPSHOT_N  its writes per workload (default 1000000)
+#   BENCH_ROTATE      1: also run bench/rotate.sh (key rotation against re-wrapping) at the end (default 0)
+#   BENCH_ROTATE_N    its store sizes (default "100000 1000000")
 #
 # stdout: one JSON line per measurement,
 #   {"bench":"recsync","what":"push","n":100000,"value":51234.5,"unit":"records/s"}
@@ -312,6 +314,11 @@ fi
 python3 "$REPO/bench/ratios.py" "$N" <"$RESULTS"
 
 # ------------------------------------------------------------ snapshots ----
+if [ "${BENCH_ROTATE:-0}" = 1 ]; then
+    log "key rotation: bench/rotate.sh ${BENCH_ROTATE_N:-100000 1000000}"
+    # shellcheck disable=SC2086
+    BENCH_BUILD_DIR=$BUILD "$REPO/bench/rotate.sh" ${BENCH_ROTATE_N:-100000 1000000}
+fi
 if [ "${BENCH_SNAPSHOT:-0}" = 1 ]; then
     log "snapshots and pruning: bench/snapshot.sh ${BENCH_SNAPSHOT_N:-1000000}"
     BENCH_BUILD_DIR=$BUILD "$REPO/bench/snapshot.sh" "${BENCH_SNAPSHOT_N:-1000000}"

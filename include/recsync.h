@@ -15,5 +15,6 @@
 #include "recsync/history.h"
 #include "recsync/devices.h"
 #include "recsync/reidentify.h"
+#include "recsync/keys.h"
 
 #endif

@@ -58,6 +58,8 @@ void cli_print_escaped(const char *s);
 
 int cmd_init(cli *c, int argc, char **argv);
 int cmd_key(cli *c, int argc, char **argv);
+/* key rotate | key list (cmd_key.c) */
+int cmd_key_more(cli *c, int argc, char **argv);
 int cmd_append(cli *c, int argc, char **argv);
 int cmd_log(cli *c, int argc, char **argv);
 int cmd_cat(cli *c, int argc, char **argv);

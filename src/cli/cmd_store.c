@@ -37,17 +37,22 @@ int cmd_init(cli *c, int argc, char **argv)
 int cmd_key(cli *c, int argc, char **argv)
 {
     static const char usage[] =
-        "usage: recsync [--dir DIR] key export | key import\n"
+        "usage: recsync [--dir DIR] key export | key import | key rotate | key list\n"
         "export: prints the master key as text.\n"
         "import: reads a key from stdin; creates the store with it if DIR has none,\n"
         "        else replaces the key of a store that holds no records it cannot open;\n"
         "        a store logged in to a server first checks one of the server's records\n"
-        "        opens under the new key (else nothing is written; both key ids named).\n";
+        "        opens under the new key (else nothing is written; both key ids named)\n"
+        "        and keeps the key it replaces in its keyring.\n"
+        "rotate: a new master key for the devices that remain ('key rotate --help').\n"
+        "list:   the keyring and this device's public key fingerprint.\n";
     rs_store *store = NULL;
     char *text = NULL;
     size_t len;
     int err, rc = EXIT_OK;
 
+    if (argc >= 2 && (strcmp(argv[1], "rotate") == 0 || strcmp(argv[1], "list") == 0))
+        return cmd_key_more(c, argc, argv);
     if (cli_help(usage, argc, argv))
         return EXIT_OK;
     if (argc != 2)

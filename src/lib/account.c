@@ -4,6 +4,7 @@
  * before anything is written.
  */
 #include "client.h"
+#include "keyring.h"
 
 #include <jansson.h>
 #include <sodium.h>
@@ -20,16 +21,19 @@ static void token_free(char *token)
 }
 
 /*
- * Opens the last record of one of the server's shards under `key`:
- * another device's shards first, then this device's. A shard whose record
- * cannot be read (pruned, damaged on the server) makes it try the next.
- * RS_EKEY when a record is sealed under another key; 0 when one opened or
- * there was none to read.
+ * Opens the last record of one of the server's shards under `key` (or a
+ * key of its keyring): another device's shards first, then this device's.
+ * A shard whose record cannot be read (pruned, damaged on the server), or
+ * is sealed under another key (after a rotation, a shard may end under an
+ * older key than the one imported: keyring.c), makes it try the next.
+ * RS_EKEY (the first such record's message) when none opened and one was
+ * sealed under another key; 0 when one opened or there was none to read.
  */
 static int remote_key_check(rs_client *client, const rs_key *key, const rs_uuid *self)
 {
     rs_index *remote = NULL;
     rs_wire_batch one;
+    char ekey[600] = "";
     int err = rs__fetch_index(&remote, client);
     if (err < 0)
         return err;
@@ -49,11 +53,13 @@ static int remote_key_check(rs_client *client, const rs_key *key, const rs_uuid 
             if (err < 0)
                 continue;
             err = rs__open(NULL, NULL, key, &one.records[0]);
-            if (err == RS_EKEY || err == 0)
+            if (err == 0)
                 goto done;
+            if (err == RS_EKEY && ekey[0] == '\0')
+                snprintf(ekey, sizeof(ekey), "%s", rs_error_last());
         }
     }
-    err = 0;
+    err = ekey[0] ? rs__error(RS_EKEY, "%s", ekey) : 0;
 done:
     rs_wire_batch_free(&one);
     rs_index_free(remote);
@@ -142,7 +148,10 @@ int rs_key_import_checked(rs_store *store, const char *text)
                         rs__client_url(client), rs_error_last());
         goto done;
     }
+    /* The server's records open under it: the key is the account's, older keys stay. */
     err = rs_store_key_import(store, text);
+    if (err == RS_EKEY)
+        err = rs__keyring_import(store, key);
 done:
     rs__key_free(key);
     rs__client_free(client);

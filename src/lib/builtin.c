@@ -4,6 +4,7 @@
  * apply function inside the transaction that stores the record.
  */
 #include "builtin.h"
+#include "keyring.h"
 
 #include <string.h>
 
@@ -14,7 +15,7 @@ int rs__register_builtin_tags(rs_store *store)
 {
     int err;
     if ((err = rs__kv_register(store)) < 0 || (err = rs__history_register(store)) < 0 ||
-        (err = rs__checkpoint_register(store)) < 0)
+        (err = rs__checkpoint_register(store)) < 0 || (err = rs__keyring_register(store)) < 0)
         return err;
     return 0;
 }

@@ -58,6 +58,8 @@ void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec)
     p = put_be(p + 16, rec->hlc, 8);
     p = put_be(p, rec->version, 4);
     p = put_be(p, rec->data_len, 4);
+    if (key->next) /* keyed with the chain key of the key that sealed it (keyring.c) */
+        key = rs__key_for(key, rec->data, rec->data_len);
     crypto_generichash_init(&st, key->chain, RS_CHAIN_BYTES, RS_CHAIN_BYTES);
     crypto_generichash_update(&st, hdr, (unsigned long long)(p - hdr));
     crypto_generichash_update(&st, rec->data, rec->data_len);

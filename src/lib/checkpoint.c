@@ -21,6 +21,7 @@
  */
 #include "builtin.h"
 #include "client.h"
+#include "keyring.h"
 #include "snapshot_int.h"
 
 #include <jansson.h>
@@ -78,6 +79,11 @@ static int ck_apply(sqlite3 *db, const rs_record *rec, const uint8_t *plain, siz
         return 0;
     }
     heads = json_object_get(root, "heads");
+    if ((err = rs__keyring_device_seen(
+             cs->store, rec, json_string_value(json_object_get(root, "device_key")))) < 0) {
+        json_decref(root);
+        return err;
+    }
     if (!json_is_array(heads)) {
         json_decref(root);
         return rs__keep_unapplied(cs->store, rec, "checkpoint payload has no heads");
@@ -345,8 +351,9 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
             rs_buf_printf(&body, "%s{\"host\":\"%s\",\"tag\":\"%s\",\"end\":%llu,\"head\":\"%s\"}",
                           n++ ? "," : "", host, sh->tag, (unsigned long long)end, hex);
     }
-    if (err == 0)
-        err = rs_buf_puts(&body, "]}");
+    if (err == 0 && (err = rs_buf_puts(&body, "]")) == 0 &&
+        (err = rs__keyring_checkpoint_key(&body, store)) == 0)
+        err = rs_buf_puts(&body, "}");
     if (err == 0 && (err = rs_append(NULL, store, RS_CHECKPOINT_TAG, 1, body.ptr, body.len)) == 0) {
         char buf[32];
         snprintf(buf, sizeof(buf), "%llu", (unsigned long long)now);

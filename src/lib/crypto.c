@@ -64,12 +64,14 @@ int rs__key_new(rs_key **out)
 
 void rs__key_free(rs_key *key)
 {
-    if (key == NULL)
-        return;
-    sodium_free(key->bytes);
-    if (key->chain)
-        sodium_free(key->chain);
-    rs_free(key);
+    while (key != NULL) {
+        rs_key *next = key->next;
+        sodium_free(key->bytes);
+        if (key->chain)
+            sodium_free(key->chain);
+        rs_free(key);
+        key = next;
+    }
 }
 
 void rs__key_id_hex(char *out, const uint8_t *id)
@@ -261,6 +263,8 @@ int rs__open_chained(uint8_t *out, size_t *out_len, uint8_t *prev, int *chained,
         return rs__error(RS_ECRYPTO, "%s is not a recsync envelope (%zu bytes)", name,
                          rec->data_len);
     }
+    if (memcmp(rec->data + OFF_KEY_ID, key->id, RS_KEY_ID_BYTES) != 0 && key->next)
+        key = rs__key_for(key, rec->data, rec->data_len); /* an older key of the ring */
     if (memcmp(rec->data + OFF_KEY_ID, key->id, RS_KEY_ID_BYTES) != 0) {
         char theirs[2 * RS_KEY_ID_BYTES + 1], ours[2 * RS_KEY_ID_BYTES + 1];
         rs__record_name(name, sizeof(name), rec);

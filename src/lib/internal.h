@@ -68,7 +68,8 @@ int rs__unhex(uint8_t *out, size_t len, const char *text);
  * The CEK is a fresh random key per record; it is sealed under the master
  * key and the payload under the CEK, both with XChaCha20-Poly1305 and the
  * record header (id, host, tag, idx, hlc, version) as associated data. Key
- * rotation reseals only the wrapped CEK.
+ * rotation reseals nothing: the store's keyring keeps every older key and
+ * opens each envelope with the key its id names (keyring.c).
  */
 #define RS_KEY_BYTES 32
 #define RS_KEY_ID_BYTES 8
@@ -81,7 +82,8 @@ int rs__unhex(uint8_t *out, size_t len, const char *text);
 typedef struct rs_key {
     uint8_t *bytes; /* RS_KEY_BYTES in sodium_malloc memory */
     uint8_t id[RS_KEY_ID_BYTES];
-    uint8_t *chain; /* RS_CHAIN_BYTES: the key of the shards' hash chains (chain.c) */
+    uint8_t *chain;      /* RS_CHAIN_BYTES: the key of the shards' hash chains (chain.c) */
+    struct rs_key *next; /* the store's keyring: older (or losing) keys, opened by id (keyring.c) */
 } rs_key;
 
 int rs__key_new(rs_key **out);
@@ -89,8 +91,18 @@ int rs__key_from_bytes(rs_key **out, const uint8_t *bytes);
 /* Text form "rsk1:" + base64url(key || 4-byte checksum). */
 int rs__key_from_text(rs_key **out, const char *text);
 int rs__key_to_text(char **out, const rs_key *key);
-void rs__key_free(rs_key *key);
+void rs__key_free(rs_key *key); /* and every key of its ring */
 void rs__key_id_hex(char *out, const uint8_t *id);
+/*
+ * The keyring (keyring.c): `ring` is the current key, ring->next the older
+ * ones. rs__key_find is the key of the ring with this id, or NULL;
+ * rs__key_for the key that sealed envelope `data` (the current key when the
+ * ring has none, so opening it fails naming both ids).
+ */
+const rs_key *rs__key_find(const rs_key *ring, const uint8_t *id);
+const rs_key *rs__key_for(const rs_key *ring, const uint8_t *data, size_t len);
+/* Writes `key` as the store's key file, atomically (store.c). */
+int rs__store_write_key(struct rs_store *store, const rs_key *key);
 
 /* Length of the envelope for a payload of `len` bytes. */
 static inline size_t rs__envelope_len(size_t len)

@@ -200,6 +200,8 @@ static int open_chunk(uint8_t **out, size_t *out_len, const rs_key *key, const s
     if (len < SNAP_OVERHEAD || memcmp(env, SNAP_MAGIC, 4) != 0)
         return rs__error(RS_ECRYPTO, "chunk %u of snapshot %s of %s is not a sealed chunk", n, id,
                          sk->tag);
+    if (memcmp(env + 4, key->id, RS_KEY_ID_BYTES) != 0 && rs__key_find(key, env + 4))
+        key = rs__key_find(key, env + 4); /* an older key of the ring (keyring.c) */
     if (memcmp(env + 4, key->id, RS_KEY_ID_BYTES) != 0) {
         rs__hex(theirs, env + 4, RS_KEY_ID_BYTES);
         rs__hex(ours, key->id, RS_KEY_ID_BYTES);

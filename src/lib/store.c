@@ -1250,6 +1250,9 @@ int rs__store_insert_opened(size_t *inserted, rs_store *store, const rs_record *
                 goto fail;
             rs__chain_head(here.head, store->key, rec);
         }
+        if (rec->idx == 0 && store->key->next) /* a shard starts under its first record's key */
+            rs__chain_start(head, rs__key_for(store->key, rec->data, rec->data_len), &rec->host,
+                            rec->tag);
         if (o->chained && known && sodium_memcmp(o->prev, head, RS_CHAIN_BYTES) != 0) {
             err = rs__chain_break(rec, o->prev, head);
             goto fail;
@@ -1542,6 +1545,11 @@ static int verify_record(const rs_record *rec, void *payload)
         vs->head_known = 0;
         return 0;
     }
+    if (rec->idx == 0 && vs->store->key->next) { /* keyring.c: the first record's key */
+        rs__chain_start(vs->head, rs__key_for(vs->store->key, rec->data, rec->data_len), &rec->host,
+                        rec->tag);
+        vs->head_known = 1;
+    }
     if (chained && vs->head_known && sodium_memcmp(prev, vs->head, RS_CHAIN_BYTES) != 0)
         problem(vs, rs__chain_break(rec, prev, vs->head));
     rs__chain_head(head, vs->store->key, rec);
@@ -1758,5 +1766,22 @@ done:
         sodium_memzero(rb.plain, rb.plain_cap);
         rs_free(rb.plain);
     }
+    return err;
+}
+
+/* keyring.h: the key file follows the keyring's current key (a rotation, the rotation rule). */
+int rs__store_write_key(rs_store *store, const rs_key *key)
+{
+    char *text = NULL, *path = path_join(store->dir, KEY_FILE);
+    int err;
+    if (path == NULL)
+        return rs__error(RS_ENOMEM, "out of memory");
+    if ((err = rs__key_to_text(&text, key)) == 0)
+        err = write_secret_file(path, text, false);
+    if (text) {
+        sodium_memzero(text, strlen(text));
+        rs_free(text);
+    }
+    rs_free(path);
     return err;
 }

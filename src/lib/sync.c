@@ -15,6 +15,7 @@
  * worker owns the HTTP client while the pipeline runs.
  */
 #include "client.h"
+#include "keyring.h"
 #include "snapshot_int.h"
 
 #include <jansson.h>
@@ -980,6 +981,7 @@ typedef struct dl_slot {
 typedef struct dl_job {
     pipeline pl;
     sync_ctx *ctx;
+    int ahead; /* records are opened on the download thread (open_ahead) */
     dl_slot slots[PIPE_SLOTS];
 } dl_job;
 
@@ -1061,7 +1063,7 @@ static void *dl_worker(void *arg)
                 rs__error(RS_ESERVER, "server %s sent a page that does not parse: %s", url,
                           rs_error_last());
             else if ((err = check_page(&slot->batch, &op->host, op->tag, start, limit, url)) == 0)
-                err = open_ahead(slot, ctx->store->key);
+                err = job->ahead ? open_ahead(slot, ctx->store->key) : 0;
             if (err < 0) {
                 hold(ctx, i, err, start);
                 err = 0;
@@ -1095,6 +1097,16 @@ static int download_all(sync_ctx *ctx)
     memset(&job, 0, sizeof(job));
     pl_init(&job.pl);
     job.ctx = ctx;
+    /*
+     * Applying a record of rs.keys may add to the keyring (or change the
+     * current key) while the download thread would read it: a sync that
+     * downloads any opens its records on the applying thread alone.
+     */
+    job.ahead = 1;
+    for (size_t i = 0; i < ctx->diff->count; i++)
+        if (ctx->diff->ops[i].kind == RS_DIFF_DOWNLOAD &&
+            strcmp(ctx->diff->ops[i].tag, RS_KEYS_TAG) == 0)
+            job.ahead = 0;
     if (pthread_create(&worker, NULL, dl_worker, &job) != 0) {
         pl_destroy(&job.pl);
         return rs__error(RS_ERROR, "cannot start the download thread");
@@ -1107,7 +1119,7 @@ static int download_all(sync_ctx *ctx)
             continue;
         }
         err = rs__store_insert_opened(&inserted, ctx->store, slot->batch.records, slot->batch.count,
-                                      slot->opened);
+                                      job.ahead ? slot->opened : NULL);
         sodium_memzero(slot->plain, slot->plain_used);
         if (err < 0) {
             const rs_diff_op *op = &ctx->diff->ops[slot->op];
@@ -1408,6 +1420,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     int wrote = 0;
     if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
         (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
+        (err = rs__keyring_sync(store, ctx.client, remote)) < 0 ||
         (err = rs_store_index(&local, store)) < 0 ||
         (err = rs__chain_preflight(store, rs__client_url(ctx.client), local, remote,
                                    last ? last->remote : NULL)) < 0 ||
@@ -1425,6 +1438,7 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     }
     if ((err = rs_index_diff(&diff, local, remote, &ctx.self)) < 0)
         goto done;
+    rs__keyring_order_diff(diff); /* a rotation travels before what its key seals */
     ctx.diff = diff;
     ctx.seq = remote->seq;
     if ((ctx.moved = rs__calloc(diff->count ? diff->count : 1, sizeof(uint64_t))) == NULL ||

@@ -345,7 +345,13 @@ static int pull(watch *w, const rs_wire_event *ev)
                                  w->page.count);
             }
         }
-        if ((err = rs_store_insert(&inserted, w->store, w->page.records, w->page.count)) < 0) {
+        if ((err = rs_store_insert(&inserted, w->store, w->page.records, w->page.count)) ==
+            RS_EKEY) {
+            /* Under a key not picked up yet (a rotation): a full sync learns it first. */
+            w->need_resync = 1;
+            return 0;
+        }
+        if (err < 0) {
             char shard[SHARD_TEXT];
             rs__shard_name(shard, sizeof(shard), &ev->host, ev->tag);
             return rs__error(err, "page of shard %s from idx %llu refused, nothing of it kept: %s",

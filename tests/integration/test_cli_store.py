@@ -282,7 +282,8 @@ class CliTest(unittest.TestCase):
             (), ("no-such-command",), ("--no-such-option", "log"), ("init", "extra"),
             ("append",), ("append", "Bad Tag"), ("append", "a", "b"), ("append", "kv", "--bogus"),
             ("log", "extra"), ("log", "--tag", "Bad Tag"), ("cat",), ("cat", "not-a-uuid"),
-            ("cat", rid, rid), ("key",), ("key", "rotate"), ("verify", "extra"),
+            ("cat", rid, rid), ("key",), ("key", "rename"), ("key", "rotate", "extra"),
+            ("verify", "extra"),
         ]
         for args in usage:
             res = self.run_cli(d, *args)
