@@ -25,6 +25,10 @@
  *   {"bench":"recsync","workload":"rotate","what":"rotate_ms","n":1000000,"value":812.3,"unit":"ms"}
  * Progress goes to stderr.
  */
+#define _GNU_SOURCE /* nftw, in benchutil.h */
+#define BENCH_NAME "bench_rotate"
+#include "benchutil.h"
+
 #include "keyring.h"
 
 #include <sodium.h>
@@ -41,34 +45,12 @@
 #define OFF_WNONCE (OFF_ID + RS_KEY_ID_BYTES)
 #define OFF_WRAPPED (OFF_WNONCE + NONCE)
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* CPU seconds (user + system) of this process: what a loaded machine does not inflate. */
-static double cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
 static void emit(const char *what, long n, double value, const char *unit)
 {
     printf("{\"bench\":\"recsync\",\"workload\":\"rotate\",\"what\":\"%s\",\"n\":%ld,"
            "\"value\":%.3f,\"unit\":\"%s\"}\n",
            what, n, value, unit);
     fflush(stdout);
-}
-
-static void die(const char *what, int err)
-{
-    fprintf(stderr, "bench_rotate: %s: %d %s\n", what, err, rs_error_last());
-    exit(1);
 }
 
 /* The envelope's associated data (docs/protocol.md "Envelope"), with key id `kid`. */

@@ -34,6 +34,10 @@
  *    "value":120.5,"unit":"ms"}
  * The password is "bench-password-0123".
  */
+#define _GNU_SOURCE /* nftw, in benchutil.h */
+#define BENCH_NAME "bench_snapshot"
+#include "benchutil.h"
+
 #include <recsync.h>
 
 #include <stdbool.h>
@@ -46,28 +50,6 @@
 
 #define PASSWORD "bench-password-0123"
 #define MAX_DEVICES 16
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* CPU seconds (user + system) of this process so far: what a loaded machine does not inflate. */
-static double cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static void die(const char *what, int err)
-{
-    fprintf(stderr, "bench_snapshot: %s: %s: %s\n", what, rs_strerror(err), rs_error_last());
-    exit(1);
-}
 
 static const char *workload = "";
 static const char *mode = "";

@@ -47,6 +47,11 @@ int cli_open(rs_store **out, cli *c);
 int cli_read_line(char *buf, size_t size);
 /* Prompts on stderr and reads a line from the terminal on stdin without echo. */
 int cli_prompt_hidden(char *buf, size_t size, const char *prompt);
+/*
+ * The account password: $RECSYNC_PASSWORD, else a prompt without echo when
+ * stdin is a terminal (asked twice when `confirm`), else one line of stdin.
+ */
+int cli_get_password(char *buf, size_t size, const char *user, const char *url, bool confirm);
 
 /* Reads all of `f` into a NUL-terminated buffer (free with free()). */
 int cli_read_all(char **out, size_t *out_len, FILE *f);

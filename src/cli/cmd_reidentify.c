@@ -31,23 +31,6 @@ static const char usage[] =
     "--json prints {\"old_host\",\"new_host\",\"kept\",\"resealed\",\"shards\":[{\"tag\",\n"
     "\"kept\",\"resealed\"}],\"sync\":{\"outcome\",\"uploaded\",\"downloaded\"}|null}.\n";
 
-/* The password: $RECSYNC_PASSWORD, else a prompt without echo, else a line of stdin. */
-static int get_password(char *buf, size_t size, const char *user, const char *url)
-{
-    const char *env = getenv("RECSYNC_PASSWORD");
-    char prompt[512];
-    if (env && *env) {
-        if (strlen(env) >= size)
-            return -1;
-        strcpy(buf, env);
-        return 0;
-    }
-    if (!isatty(STDIN_FILENO))
-        return cli_read_line(buf, size) == 0 && *buf ? 0 : -1;
-    snprintf(prompt, sizeof(prompt), "password for %s at %s: ", user, url);
-    return cli_prompt_hidden(buf, size, prompt) == 0 && *buf ? 0 : -1;
-}
-
 static void print_json(const rs_reidentify_report *r, const rs_sync_report *s)
 {
     char old[RS_UUID_STRLEN + 1], now[RS_UUID_STRLEN + 1];
@@ -131,7 +114,7 @@ int cmd_reidentify(cli *c, int argc, char **argv)
         rc = EXIT_FAIL;
         goto done;
     }
-    if (get_password(password, sizeof(password), user, url) != 0) {
+    if (cli_get_password(password, sizeof(password), user, url, false) != 0) {
         fprintf(stderr, "recsync: reidentify: no password (set $RECSYNC_PASSWORD or type it); "
                         "nothing was changed\n");
         rc = EXIT_FAIL;

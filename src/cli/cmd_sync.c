@@ -49,7 +49,7 @@ int cli_prompt_hidden(char *buf, size_t size, const char *prompt)
  * The password: $RECSYNC_PASSWORD, else a prompt without echo when stdin is
  * a terminal (asked twice for a new account), else one line of stdin.
  */
-static int get_password(char *buf, size_t size, const char *user, const char *url, bool confirm)
+int cli_get_password(char *buf, size_t size, const char *user, const char *url, bool confirm)
 {
     const char *env = getenv("RECSYNC_PASSWORD");
     char prompt[512], again[PASSWORD_MAX + 2];
@@ -126,7 +126,7 @@ static int account_cmd(cli *c, int argc, char **argv, bool create)
         return cli_usage(usage, "--server '%s' is not an http:// or https:// URL", server);
     if (cli_open(&store, c) != 0)
         return EXIT_FAIL;
-    if (get_password(password, sizeof(password), user, server, create) != 0) {
+    if (cli_get_password(password, sizeof(password), user, server, create) != 0) {
         fprintf(stderr, "recsync: %s: no password (set $RECSYNC_PASSWORD or type one)\n", name);
         rs_store_free(store);
         return EXIT_FAIL;
