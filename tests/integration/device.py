@@ -21,9 +21,9 @@ import signal
 import sqlite3
 import subprocess
 
-from harness import make_tempdir, recsync_bin
+from harness import TIME_SCALE, make_tempdir, recsync_bin
 
-CLI_TIMEOUT = 180.0  # seconds for one CLI command; a hang fails the test
+CLI_TIMEOUT = 180.0 * TIME_SCALE  # seconds for one CLI command; a hang fails the test
 
 
 class Result:

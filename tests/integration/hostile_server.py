@@ -61,7 +61,7 @@ import time
 import urllib.parse
 
 from device import Device, new_user, server_url
-from harness import ServerProcess, recsync_bin
+from harness import TIME_SCALE, ServerProcess, recsync_bin
 
 PAGE_MODES = ["hole", "other_shard", "wrong_idx", "replayed", "relabelled", "swapped", "too_many",
               "empty", "truncated", "short_body", "giant", "deep", "garbage"]
@@ -69,7 +69,7 @@ EVENT_MODES = ["long_line", "endless_data", "garbage", "seq_back", "lying", "own
 
 PAGE = 50  # records per page the victims ask for
 NOTES = 120  # the source's records of the target shard: three pages
-SYNC_SECONDS = 30.0  # a hostile sync must end within this
+SYNC_SECONDS = 30.0 * TIME_SCALE  # a hostile sync must end within this (harness.TIME_SCALE)
 RSS_BOUND_KB = 384 << 10  # the most a recsync process may hold (KiB): the 64 MiB answer bound, under ASan (182 MiB measured)
 UPSTREAM_TIMEOUT = 30.0
 GIANT_LIMIT = 200 << 20  # an endless body stops here even if nobody hangs up

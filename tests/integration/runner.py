@@ -9,10 +9,25 @@ MODULE` would, and says in its exit status what the module checked:
 Usage: python3 runner.py MODULE (from tests/integration)."""
 
 import os
+import resource
 import sys
+import time
 import unittest
 
 SKIPPED_ALL = 77
+
+
+class TimedResult(unittest.TextTestResult):
+    """Records each test's wall time, printed at the end: where CI's time goes."""
+
+    def startTest(self, test):
+        self._t0 = time.monotonic()
+        super().startTest(test)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        self.times = getattr(self, "times", [])
+        self.times.append((time.monotonic() - self._t0, test.id()))
 
 
 def main(argv):
@@ -20,8 +35,16 @@ def main(argv):
         sys.stderr.write("usage: runner.py MODULE\n")
         return 2
     sys.path.insert(0, os.getcwd())  # as `python3 -m unittest` does
+    t0 = time.monotonic()
     suite = unittest.defaultTestLoader.loadTestsFromName(argv[1])
-    result = unittest.TextTestRunner(verbosity=2, stream=sys.stderr).run(suite)
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stderr, resultclass=TimedResult).run(suite)
+    for seconds, name in sorted(getattr(result, "times", []), reverse=True):
+        sys.stderr.write("time: %6.1fs %s\n" % (seconds, name))
+    # CPU against wall time: a module far below 1 CPU mostly waits (ctest -j can overlap it).
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    sys.stderr.write("time: %.1fs wall, %.1fs CPU (this process and the processes it waited for)\n"
+                     % (time.monotonic() - t0, cpu))
     if not result.wasSuccessful():
         return 1
     # A skip in setUpClass or setUpModule is one entry for tests never counted as run.

@@ -75,7 +75,11 @@ class CrashTests(unittest.TestCase):
         until the kill), or after its commit. Rounds go on (at most
         MAX_ROUNDS) until MIN_MID_WRITE kills landed inside a write; the
         test fails if they never do, since then it checked nothing of what
-        it claims."""
+        it claims. The first MIN_ROUNDS kills land at random moments; any
+        later one is aimed: it waits (bounded) until the database's write
+        lock is taken and kills then, so a slow build (ThreadSanitizer,
+        where the write is a small part of an upload) does not spend
+        MAX_ROUNDS hoping for random kills to land inside the write."""
         MIN_ROUNDS, MAX_ROUNDS, MIN_MID_WRITE = 8, 30, 2
         server = ServerProcess(self)
         acct = server.register()
@@ -88,12 +92,18 @@ class CrashTests(unittest.TestCase):
         duration = time.monotonic() - t0
         end += 8000
         outcomes = {"before": 0, "mid_write": 0, "after": 0}
-        round_ = 0
+        round_ = aimed = 0
         while round_ < MIN_ROUNDS or (outcomes["mid_write"] < MIN_MID_WRITE and round_ < MAX_ROUNDS):
             batch = make_records(acct.host, "kv", end, 8000, payload_size=100)
             body = json.dumps({"records": batch})
             t, result = upload_in_thread(server.port, acct.token, body)
-            time.sleep(rng.uniform(0.0, duration * 1.2))
+            if round_ < MIN_ROUNDS:
+                time.sleep(rng.uniform(0.0, duration * 1.2))
+            else:
+                aimed += 1
+                deadline = time.monotonic() + duration * 2 + 1.0
+                while not server.db.writing() and t.is_alive() and time.monotonic() < deadline:
+                    time.sleep(0.001)
             writing = server.db.writing()
             server.kill()
             t.join(30)
@@ -116,8 +126,9 @@ class CrashTests(unittest.TestCase):
             self.assertEqual(acct.shard_end("kv"), end)
             round_ += 1
         self.check_shard(acct, end)
-        print("%d kills: %d before the batch's write, %d inside a write, %d after its commit"
-              % (round_, outcomes["before"], outcomes["mid_write"], outcomes["after"]))
+        print("%d kills (%d aimed at the write lock): %d before the batch's write, %d inside a write, "
+              "%d after its commit" % (round_, aimed, outcomes["before"], outcomes["mid_write"],
+                                      outcomes["after"]))
         self.assertGreaterEqual(outcomes["mid_write"], MIN_MID_WRITE,
                                 "no kill landed while the batch was being written: %s" % outcomes)
 
