@@ -58,7 +58,7 @@ if [ "${SKIP_TSAN:-0}" != 1 ]; then
     echo "== build and tests under ThreadSanitizer =="
     cmake -S . -B "$build/tsan" -DCMAKE_BUILD_TYPE=Debug -DRS_SANITIZE=thread -DRS_WERROR=ON >/dev/null
     # shellcheck disable=SC2086
-    cmake --build "$build/tsan" -j"$jobs" --target recsync_cli recsyncd $unit_targets
+    cmake --build "$build/tsan" -j"$jobs" --target recsync_cli recsyncd rs_tryopen $unit_targets
     leg_time tsan-build
     if [ "${TSAN_QUICK:-0}" = 1 ]; then
         tsan_select=(-R '^(unit\..*|integration\.(test_sync_basic|test_watch_live|test_server_events|test_fault_injection))$')
