@@ -27,6 +27,9 @@
 #include <string.h>
 #include <time.h>
 
+/* How soon a stream whose events query found the database away polls again. */
+#define STREAM_RETRY_MS 200
+
 #define EVENTS_PER_QUERY 256
 #define STREAM_BLOCK 16384
 /* Streams are also listed by user, so a commit wakes its user's without walking every stream. */
@@ -240,15 +243,22 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
             if (r > 0)
                 continue;
         }
+        int retry = 0;
         if (dirty || beat) {
-            if (fetch(s) < 0) {
+            int err = fetch(s);
+            if (err == RS_EUNAVAIL || err == RS_EBUSY) {
+                /* The database is away (a restart, a failover, a lock): the stream stays and
+                   polls again shortly, without a heartbeat that would push that back. */
+                retry = 1;
+                s->next_beat_ms = mono_ms() + STREAM_RETRY_MS;
+            } else if (err < 0) {
                 fprintf(stderr, "recsyncd: ending a stream: %s\n", rs_error_last());
                 return MHD_CONTENT_READER_END_WITH_ERROR;
-            }
-            if (s->out.len > 0)
+            } else if (s->out.len > 0) {
                 continue;
+            }
         }
-        if (beat) {
+        if (beat && !retry) {
             atomic_fetch_add_explicit(&rs_stats.heartbeats_sent, 1, memory_order_relaxed);
             if (rs_buf_puts(&s->out, ":\n\n") < 0)
                 return MHD_CONTENT_READER_END_WITH_ERROR;
