@@ -46,13 +46,16 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"init", cmd_init},         {"key", cmd_key},           {"append", cmd_append},
-    {"log", cmd_log},           {"cat", cmd_cat},           {"verify", cmd_verify},
-    {"rebuild", cmd_rebuild},   {"register", cmd_register}, {"login", cmd_login},
-    {"sync", cmd_sync},         {"status", cmd_status},     {"kv", cmd_kv},
-    {"history", cmd_history},   {"watch", cmd_watch},       {"repair", cmd_repair},
-    {"snapshot", cmd_snapshot}, {"devices", cmd_devices},   {"logout", cmd_logout},
-    {"account", cmd_account},   {"reidentify", cmd_reidentify},
+    {"init", cmd_init},       {"key", cmd_key},
+    {"append", cmd_append},   {"log", cmd_log},
+    {"cat", cmd_cat},         {"verify", cmd_verify},
+    {"rebuild", cmd_rebuild}, {"register", cmd_register},
+    {"login", cmd_login},     {"sync", cmd_sync},
+    {"status", cmd_status},   {"kv", cmd_kv},
+    {"history", cmd_history}, {"watch", cmd_watch},
+    {"repair", cmd_repair},   {"snapshot", cmd_snapshot},
+    {"devices", cmd_devices}, {"logout", cmd_logout},
+    {"account", cmd_account}, {"reidentify", cmd_reidentify},
 };
 
 int cli_fail(const char *what, int err)
