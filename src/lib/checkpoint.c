@@ -31,7 +31,7 @@
 #include <string.h>
 
 #define META_ALARM "chain.alarm"
-#define META_CHECKPOINT_MS "chain.checkpoint_ms"
+#define META_CHECKPOINT_MS "chain.checkpoint_ms" /* the last checkpoint, or the clock start */
 
 /* A device's claim about a shard: kept when it reaches at least as far as the one held. */
 #define CLAIM_SQL                                                                                  \
@@ -241,10 +241,9 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
             url, name, (unsigned long long)(now ? now->end : 0), (unsigned long long)ls->end);
     }
     /* Hiding: another device's checkpoint saw more of a shard than the server shows. */
-    if ((rc = sqlite3_prepare_v2(store->db,
-                                 "SELECT writer, host, tag, end FROM chain_claims ORDER BY writer",
-                                 -1, &st, NULL)) != SQLITE_OK)
-        return rs__sqlite_error(store->db, rc, "reading checkpoints");
+    if ((err = rs__stmt(&st, store,
+                        "SELECT writer, host, tag, end FROM chain_claims ORDER BY writer")) < 0)
+        return err;
     while (err == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         rs_uuid writer, host;
         char wtext[RS_UUID_STRLEN + 1];
@@ -263,7 +262,7 @@ int rs__chain_preflight(rs_store *store, const char *url, const rs_index *local,
             "%llu (its checkpoint): the server shows devices different histories",
             url, name, (unsigned long long)(now ? now->end : 0), wtext, (unsigned long long)end);
     }
-    sqlite3_finalize(st);
+    rs__stmt_done(store, st);
     return err;
 }
 
@@ -272,13 +271,12 @@ int rs__chain_audit(rs_store *store, const char *url)
     sqlite3_stmt *st = NULL;
     int rc, err = 0;
     /* A record this store holds at a position another device claims, with another head. */
-    if ((rc = sqlite3_prepare_v2(store->db,
-                                 "SELECT c.writer, c.host, c.tag, c.end FROM chain_claims c "
-                                 "JOIN records r ON r.host = c.host AND r.tag = c.tag AND "
-                                 "r.idx = c.end - 1 WHERE c.end > 0 AND r.head IS NOT NULL AND "
-                                 "r.head != c.head LIMIT 1",
-                                 -1, &st, NULL)) != SQLITE_OK)
-        return rs__sqlite_error(store->db, rc, "checking checkpoints");
+    if ((err = rs__stmt(&st, store,
+                        "SELECT c.writer, c.host, c.tag, c.end FROM chain_claims c "
+                        "JOIN records r ON r.host = c.host AND r.tag = c.tag AND "
+                        "r.idx = c.end - 1 WHERE c.end > 0 AND r.head IS NOT NULL AND "
+                        "r.head != c.head LIMIT 1")) < 0)
+        return err;
     if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         rs_uuid writer, host;
         char wtext[RS_UUID_STRLEN + 1], name[RS_UUID_STRLEN + RS_TAG_MAX + 2];
@@ -296,7 +294,7 @@ int rs__chain_audit(rs_store *store, const char *url)
     } else {
         store->audit_due = 0;
     }
-    sqlite3_finalize(st);
+    rs__stmt_done(store, st);
     return err;
 }
 
@@ -305,7 +303,7 @@ int rs__chain_audit(rs_store *store, const char *url)
 int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint64_t every_ms)
 {
     char *text = NULL;
-    uint64_t now = rs_now_ms(), last_ms = 0;
+    uint64_t now = rs__store_now_ms(store), last_ms = 0;
     rs_index *local = NULL;
     rs_buf body = {0};
     int err, known;
@@ -317,13 +315,19 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
         last_ms = strtoull(text, NULL, 10);
     rs_free(text);
     if (last_ms == 0 && every_ms > 1) {
-        /* None yet: the first is due `every_ms` after the first sync (nothing is written before).
+        /*
+         * None yet: the first is due `every_ms` after the first sync, or, in a store that synced
+         * before checkpoints, after its last sync before them. That time is kept as the clock's
+         * start: read from the last sync at every sync instead, it moved on with each one, and
+         * a device syncing more often than `every_ms` never wrote its first checkpoint.
          */
         rs_sync_last *ls = NULL;
-        if (rs_sync_last_get(&ls, store) < 0)
-            return 0;
-        last_ms = ls->time_ms;
+        char buf[32];
+        last_ms = rs_sync_last_get(&ls, store) == 0 && ls->time_ms > 0 ? ls->time_ms : now;
         rs_sync_last_free(ls);
+        snprintf(buf, sizeof(buf), "%llu", (unsigned long long)last_ms);
+        if ((err = rs_store_meta_set(store, META_CHECKPOINT_MS, buf)) < 0)
+            return err;
     }
     if (now - last_ms < every_ms)
         return 0;

@@ -156,6 +156,14 @@ typedef struct rs_tag_entry {
     rs_tag_def def;
 } rs_tag_entry;
 
+/* One statement of the store's cache (stmtcache.c). */
+#define RS_STMT_CACHE 16
+typedef struct rs_stmt_entry {
+    const char *sql; /* its text (owned), NULL: a free entry */
+    sqlite3_stmt *st;
+    int lent; /* out with a caller until rs__stmt_done */
+} rs_stmt_entry;
+
 struct rs_store {
     sqlite3 *db;
     char *dir;
@@ -175,10 +183,12 @@ struct rs_store {
     sqlite3_stmt *st_insert;
     sqlite3_stmt *st_shard_get;
     sqlite3_stmt *st_shard_put;
+    sqlite3_stmt *st_shard_end;
     sqlite3_stmt *st_at_idx;
     sqlite3_stmt *st_meta_get;
     sqlite3_stmt *st_meta_put;
     sqlite3_stmt *st_txn[4]; /* BEGIN IMMEDIATE, COMMIT, SAVEPOINT, RELEASE: made at first use */
+    rs_stmt_entry stmts[RS_STMT_CACHE]; /* statements a sync runs every time (stmtcache.c) */
 };
 
 /*
@@ -244,6 +254,19 @@ int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag,
 
 /* Recomputes the heads of every record of shard (host, tag) and the shard's own. */
 int rs__chain_reshard(rs_store *store, const rs_uuid *host, const char *tag);
+
+/*
+ * The store's statement cache (stmtcache.c): rs__stmt lends the statement
+ * for `sql`, prepared at its first use and kept while the store is open;
+ * rs__stmt_done gives it back (reset, bindings cleared). Both on the
+ * store's thread only. rs__stmt_cache_free finalizes them all.
+ */
+int rs__stmt(sqlite3_stmt **out, rs_store *store, const char *sql);
+void rs__stmt_done(rs_store *store, sqlite3_stmt *st);
+void rs__stmt_cache_free(rs_store *store);
+
+/* The store's wall clock in Unix ms: the system's, or the tests' (RECSYNC_CLOCK_OFFSET_MS). */
+uint64_t rs__store_now_ms(rs_store *store);
 
 /* Runs `sql` (no results) on the store's database, naming `what` on failure. */
 int rs__exec(rs_store *store, const char *sql, const char *what);

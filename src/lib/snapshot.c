@@ -673,9 +673,9 @@ int rs__snapshot_push(uint64_t *out, rs_store *store, rs_client *client)
     uint64_t n = 0;
     int rc, err;
 
-    if ((err = prep(store, &st,
-                    "SELECT id, tag, frontier, chunks FROM snapshots WHERE uploaded = 0 "
-                    "ORDER BY created_ms")) < 0)
+    if ((err = rs__stmt(&st, store,
+                        "SELECT id, tag, frontier, chunks FROM snapshots WHERE uploaded = 0 "
+                        "ORDER BY created_ms")) < 0)
         return err;
     /* Collected first: uploading updates the table being read. */
     while (err == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -698,7 +698,7 @@ int rs__snapshot_push(uint64_t *out, rs_store *store, rs_client *client)
         if (p->frontier == NULL)
             err = rs__error(RS_ENOMEM, "out of memory");
     }
-    sqlite3_finalize(st);
+    rs__stmt_done(store, st);
     if (err == 0 && count > 0)
         err = rs__fetch_index(&remote, client);
     for (size_t i = 0; i < count && err == 0; i++) {

@@ -1233,13 +1233,13 @@ static int save_last(rs_store *store, const rs_sync_report *report, const rs_ind
     int err;
     if (key_checked)
         rs_store_key_id(key, store);
-    if ((err = rs_buf_printf(&last,
-                             "{\"time_ms\":%llu,\"outcome\":\"%s\",\"uploaded\":%llu,"
-                             "\"downloaded\":%llu,\"seq\":%llu,\"key_checked\":\"%s\"}",
-                             (unsigned long long)rs_now_ms(), rs_sync_outcome_name(report->outcome),
-                             (unsigned long long)report->uploaded,
-                             (unsigned long long)report->downloaded,
-                             (unsigned long long)report->seq, key)) < 0 ||
+    if ((err = rs_buf_printf(
+             &last,
+             "{\"time_ms\":%llu,\"outcome\":\"%s\",\"uploaded\":%llu,"
+             "\"downloaded\":%llu,\"seq\":%llu,\"key_checked\":\"%s\"}",
+             (unsigned long long)rs__store_now_ms(store), rs_sync_outcome_name(report->outcome),
+             (unsigned long long)report->uploaded, (unsigned long long)report->downloaded,
+             (unsigned long long)report->seq, key)) < 0 ||
         (err = rs_wire_index_encode(&index, remote)) < 0)
         goto done;
     if ((err = rs_store_begin(store)) < 0)

@@ -77,6 +77,20 @@ class TamperTest(unittest.TestCase):
         self.assert_refused(b, shard, "idx 4", "6", "rolled")
         self.assert_refused(a, shard, "idx 4", "rolled")
 
+    def test_a_device_that_syncs_often_writes_a_checkpoint_every_ten_minutes(self):
+        # Every 10 minutes of syncing: counted from the first sync, however often the device
+        # syncs in between (counted from the last sync before, a device syncing more often
+        # than that never wrote its first). The test hook moves the device's clock on.
+        (a,) = make_devices(self, self.server, 1, names=["a"])
+
+        def checkpoints_after(minutes):
+            a.run("sync", "--json", env={"RECSYNC_CLOCK_OFFSET_MS": str(minutes * 60000)})
+            return sum(end - start for host, tag, start, end in a.shards()
+                       if tag == "rs.checkpoint" and host == a.host.replace("-", "").upper())
+
+        self.assertEqual([checkpoints_after(m) for m in (0, 4, 8, 12, 16, 19, 23)],
+                         [0, 0, 0, 1, 1, 1, 2])
+
     def test_deleting_and_renumbering_is_caught(self):
         a, b = self.two()
         w = where(self.server, a.host, "notes")
