@@ -304,6 +304,8 @@ static int prepare_statements(rs_store *store)
              prepare(store, &store->st_shard_put,
                      "INSERT INTO shards(host, tag, start, end, head) VALUES (?1, ?2, ?3, ?4, ?5) "
                      "ON CONFLICT(host, tag) DO UPDATE SET start = ?3, end = ?4, head = ?5")) < 0 ||
+        (err = prepare(store, &store->st_shard_end,
+                       "UPDATE shards SET end = ?3, head = ?4 WHERE host = ?1 AND tag = ?2")) < 0 ||
         (err = prepare(store, &store->st_at_idx,
                        "SELECT id, data FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3")) <
             0 ||
@@ -513,7 +515,7 @@ int rs_store_begin(rs_store *store)
     if (store->explicit_txn)
         return rs__error(RS_EINVAL, "a transaction is already open on store %s", store->dir);
     journal_in_memory(store, true);
-    if ((err = rs__exec(store, "BEGIN IMMEDIATE", "starting a transaction")) < 0) {
+    if ((err = txn_exec(store, TXN_BEGIN, "starting a transaction")) < 0) {
         journal_in_memory(store, false);
         return err;
     }
@@ -532,7 +534,7 @@ int rs_store_commit(rs_store *store)
     if (!store->explicit_txn)
         return rs__error(RS_EINVAL, "no transaction is open on store %s", store->dir);
     if ((err = explicit_txn_lost(store)) < 0 || (err = save_clock(store)) < 0 ||
-        (err = rs__exec(store, "COMMIT", "committing a transaction")) < 0) {
+        (err = txn_exec(store, TXN_COMMIT, "committing a transaction")) < 0) {
         rs_store_rollback(store);
         return err;
     }
@@ -557,11 +559,13 @@ static void store_close(rs_store *store)
     sqlite3_finalize(store->st_insert);
     sqlite3_finalize(store->st_shard_get);
     sqlite3_finalize(store->st_shard_put);
+    sqlite3_finalize(store->st_shard_end);
     sqlite3_finalize(store->st_at_idx);
     sqlite3_finalize(store->st_meta_get);
     sqlite3_finalize(store->st_meta_put);
     for (size_t i = 0; i < sizeof(store->st_txn) / sizeof(store->st_txn[0]); i++)
         sqlite3_finalize(store->st_txn[i]);
+    rs__stmt_cache_free(store);
     if (store->db)
         sqlite3_close_v2(store->db);
 }
@@ -601,6 +605,11 @@ static uint64_t test_hook_clock(void *ctx)
         return strtoull(pin, NULL, 10);
     now = (int64_t)rs_now_ms() + (offset && *offset ? strtoll(offset, NULL, 10) : 0);
     return now > 0 ? (uint64_t)now : 0;
+}
+
+uint64_t rs__store_now_ms(rs_store *store)
+{
+    return store->clock.now_ms ? store->clock.now_ms(store->clock.now_ctx) : rs_now_ms();
 }
 
 /* Registers the tags every store has (kv, history); defined in their modules. */
@@ -1008,6 +1017,24 @@ static int shard_put(rs_store *store, const rs_uuid *host, const char *tag, uint
     return rc == SQLITE_DONE ? 0 : rs__sqlite_error(store->db, rc, "updating the shard index");
 }
 
+/* Moves the end of a shard that has a row already (one append's update: cheaper than shard_put). */
+static int shard_end_put(rs_store *store, const rs_uuid *host, const char *tag, uint64_t end,
+                         const uint8_t *head)
+{
+    sqlite3_stmt *st = store->st_shard_end;
+    int rc;
+    sqlite3_bind_blob(st, 1, host->bytes, 16, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)end);
+    sqlite3_bind_blob(st, 4, head, RS_CHAIN_BYTES, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE && sqlite3_changes(store->db) != 1)
+        return rs__error(RS_EIO, "store %s: the shard index lost a shard being written",
+                         store->dir);
+    return rc == SQLITE_DONE ? 0 : rs__sqlite_error(store->db, rc, "updating the shard index");
+}
+
 static int insert_row(rs_store *store, const rs_record *rec, const uint8_t *head)
 {
     sqlite3_stmt *st = store->st_insert;
@@ -1081,6 +1108,51 @@ static int apply_record(rs_store *store, const rs_record *rec, const uint8_t *pl
     return 0;
 }
 
+/*
+ * The writes of one append inside the caller's transaction (rs_store_begin):
+ * the record, its tag's apply, the shard's new end. They take no savepoint
+ * of their own: a savepoint copies every page an append first touches into
+ * SQLite's statement journal, a quarter of an append's instructions.
+ * Instead each statement is atomic by itself (an INSERT that fails writes
+ * nothing), and when a later one fails the record is deleted again. A
+ * tag's apply, code that is not ours, still runs in a savepoint (with the
+ * shard's update): only its pages and the shard's are journaled. Should an
+ * undo fail itself, the whole transaction is rolled back, which the next
+ * call in it reports (explicit_txn_lost).
+ */
+static int append_in_txn(rs_store *store, const rs_record *rec, const uint8_t *head, uint64_t start,
+                         uint64_t end, const void *payload, size_t len)
+{
+    int applies = find_tag(store, rec->tag) != NULL, err;
+    sqlite3_stmt *st = NULL;
+
+    if ((err = insert_row(store, rec, head)) < 0)
+        return err;
+    if ((!applies || (err = txn_exec(store, TXN_SAVEPOINT, "starting a savepoint")) == 0) &&
+        (err = apply_record(store, rec, payload, len)) == 0 &&
+        (err = end > 0 ? shard_end_put(store, &rec->host, rec->tag, end + 1, head)
+                       : shard_put(store, &rec->host, rec->tag, start, end + 1, head)) == 0 &&
+        (!applies || (err = txn_exec(store, TXN_RELEASE, "releasing a savepoint")) == 0))
+        return 0;
+    /* Undone: the apply and the shard's end to the savepoint, the record by hand. */
+    int undone = !applies || sqlite3_exec(store->db, "ROLLBACK TO rs_op; RELEASE rs_op", NULL, NULL,
+                                          NULL) == SQLITE_OK;
+    if (undone && sqlite3_prepare_v2(
+                      store->db, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3",
+                      -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_blob(st, 1, rec->host.bytes, 16, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, rec->tag, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)rec->idx);
+        undone = sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(store->db) == 1;
+    } else {
+        undone = 0;
+    }
+    sqlite3_finalize(st);
+    if (!undone && !sqlite3_get_autocommit(store->db))
+        sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+    return err;
+}
+
 int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version,
               const void *payload, size_t len)
 {
@@ -1088,7 +1160,7 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     op_txn t;
     uint8_t *env = NULL, prev[RS_CHAIN_BYTES], head[RS_CHAIN_BYTES];
     uint64_t start, end;
-    int err, known = 1;
+    int err, known = 1, in_txn = store->explicit_txn;
 
     if (!rs_tag_valid(tag))
         return rs__error(RS_EINVAL, "tag '%.70s' is not valid: 1-64 of [a-z0-9._-]",
@@ -1099,7 +1171,9 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     env = rs__malloc(rs__envelope_len(len) + RS_CHAIN_BYTES);
     if (env == NULL)
         return rs__error(RS_ENOMEM, "out of memory sealing a record of %zu bytes", len);
-    if ((err = op_begin(&t, store)) < 0)
+    /* In the caller's transaction the append undoes its own writes (append_in_txn). */
+    t.clock_before = store->clock.last;
+    if ((err = in_txn ? explicit_txn_lost(store) : op_begin(&t, store)) < 0)
         goto done;
     memset(&rec, 0, sizeof(rec));
     rec.host = store->host;
@@ -1117,9 +1191,14 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     rec.data = env;
     rec.data_len = rs__envelope_len(len) + RS_CHAIN_BYTES;
     rs__chain_head(head, store->key, &rec);
-    if ((err = insert_row(store, &rec, head)) < 0 ||
-        (err = shard_put(store, &store->host, tag, start, end + 1, head)) < 0 ||
-        (err = apply_record(store, &rec, payload, len)) < 0 || (err = op_commit(&t, store)) < 0)
+    if (in_txn)
+        err = append_in_txn(store, &rec, head, start, end, payload, len);
+    else if ((err = insert_row(store, &rec, head)) == 0 &&
+             (err = end > 0 ? shard_end_put(store, &store->host, tag, end + 1, head)
+                            : shard_put(store, &store->host, tag, start, end + 1, head)) == 0 &&
+             (err = apply_record(store, &rec, payload, len)) == 0)
+        err = op_commit(&t, store);
+    if (err < 0)
         goto fail;
     if (out) {
         *out = rec;
@@ -1127,7 +1206,10 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     }
     goto done;
 fail:
-    op_abort(&t, store);
+    if (in_txn)
+        store->clock.last = t.clock_before;
+    else
+        op_abort(&t, store);
 done:
     rs_free(env);
     return err;
@@ -1346,9 +1428,9 @@ int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag,
     sqlite3_stmt *st = NULL;
     rs_record rec;
     int rc, ret = 0;
-    if ((ret = prepare(store, &st,
-                       "SELECT " RECORD_COLUMNS ", head FROM records WHERE host = ?1 AND tag = ?2 "
-                       "AND idx >= ?3 AND idx < ?4 ORDER BY idx")) < 0)
+    if ((ret = rs__stmt(&st, store,
+                        "SELECT " RECORD_COLUMNS ", head FROM records WHERE host = ?1 AND tag = ?2 "
+                        "AND idx >= ?3 AND idx < ?4 ORDER BY idx")) < 0)
         return ret;
     sqlite3_bind_blob(st, 1, host->bytes, 16, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
@@ -1363,7 +1445,7 @@ int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag,
     }
     if (ret == 0 && rc != SQLITE_DONE)
         ret = rs__sqlite_error(store->db, rc, "reading records");
-    sqlite3_finalize(st);
+    rs__stmt_done(store, st);
     return ret;
 }
 
@@ -1459,8 +1541,8 @@ int rs_store_index(rs_index **out, rs_store *store)
 
     if (index == NULL)
         return rs__error(RS_ENOMEM, "out of memory reading the index");
-    if ((err = prepare(store, &st, "SELECT host, tag, start, end FROM shards ORDER BY host, tag")) <
-        0)
+    if ((err = rs__stmt(&st, store,
+                        "SELECT host, tag, start, end FROM shards ORDER BY host, tag")) < 0)
         goto done;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         rs_uuid host;
@@ -1475,7 +1557,7 @@ int rs_store_index(rs_index **out, rs_store *store)
     if (rc != SQLITE_DONE)
         err = rs__sqlite_error(store->db, rc, "reading the shard index");
 done:
-    sqlite3_finalize(st);
+    rs__stmt_done(store, st);
     if (err < 0) {
         rs_index_free(index);
         return err;

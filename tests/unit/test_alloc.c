@@ -501,6 +501,56 @@ static void transaction_survives_sqlite_allocation_failures(void **state)
     rs_store_free(store);
 }
 
+/*
+ * The same for a tag with an apply (kv): inside a transaction its apply and
+ * the shard's end run in a savepoint, the record is undone by hand; the kv
+ * state must hold a key exactly when its record was committed.
+ */
+static void kv_transaction_survives_sqlite_allocation_failures(void **state)
+{
+    fixture *f = *state;
+    rs_store *store = NULL;
+    unsigned long n;
+    bool done = false;
+    uint64_t count = 0;
+    char key[32];
+
+    OK(rs_store_init(&store, f->a, NULL));
+    for (n = 1; n < MAX_STEPS && !done; n++) {
+        uint64_t in_txn = 0;
+        int err, kept;
+        char *value = NULL;
+        snprintf(key, sizeof(key), "k%lu", n);
+        OK(rs_store_begin(store));
+        OK(rs_kv_set(store, "ns", "before", "x"));
+        in_txn++;
+        sqlite_fail_at(n);
+        err = rs_kv_set(store, "ns", key, "under test");
+        done = !sqlite_fault_fired;
+        sqlite_fail_at(0);
+        if (err == 0)
+            in_txn++;
+        if (rs_kv_set(store, "ns", "after", "y") == 0)
+            in_txn++;
+        /* The caller commits what went through, as the API allows. */
+        kept = rs_store_commit(store) == 0;
+        if (kept)
+            count += in_txn;
+        else
+            rs_store_rollback(store);
+        expect_verifies(store, count);
+        kept = kept && err == 0;
+        err = rs_kv_get(&value, store, "ns", key);
+        if (kept)
+            assert_int_equal(err, 0);
+        else
+            assert_int_equal(err, RS_ENOTFOUND);
+        rs_free(value);
+    }
+    assert_true(done);
+    rs_store_free(store);
+}
+
 static void insert_survives_sqlite_allocation_failures(void **state)
 {
     fixture *f = *state;
@@ -657,6 +707,7 @@ int main(void)
         T(key_import_fails_cleanly_at_every_allocation),
         T(append_survives_sqlite_allocation_failures),
         T(transaction_survives_sqlite_allocation_failures),
+        T(kv_transaction_survives_sqlite_allocation_failures),
         T(insert_survives_sqlite_allocation_failures),
         T(open_and_init_survive_sqlite_allocation_failures),
         T(verify_never_passes_a_store_it_did_not_read),
