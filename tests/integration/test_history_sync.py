@@ -10,7 +10,7 @@ import time
 import unittest
 
 from device import Device, make_devices
-from harness import ServerProcess, make_tempdir
+from harness import ServerProcess, make_tempdir, no_server
 
 
 
@@ -37,6 +37,7 @@ def zsh_history(lines, start=1600000000):
     return "".join(out)
 
 
+@no_server
 class HistoryCommandLine(unittest.TestCase):
     def setUp(self):
         self.d = Device(self, "solo")
