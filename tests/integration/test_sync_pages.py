@@ -7,9 +7,13 @@ import os
 import unittest
 
 from device import make_devices, shard_counts
-from harness import ServerProcess
+from harness import ServerProcess, backend_name
 
 PAGE_SIZES = (1, 2, 3, 7, 100)
+# The PostgreSQL repeat (tests/CMakeLists.txt) runs the server's page queries at 1, 7 and 100 (and
+# the server bound of 3 below); pages of 2 and 3 exercise the client's boundary arithmetic, the
+# same code as on SQLite, where every size runs. They are reported as skipped subtests there.
+PG_PAGE_SIZES = (1, 7, 100)
 SANITIZER = os.environ.get("RS_TEST_SANITIZER", "")  # "thread" in a TSan build (tests/CMakeLists.txt)
 
 
@@ -84,6 +88,8 @@ class Pages(unittest.TestCase):
     def test_page_sizes_at_boundaries(self):
         for page in PAGE_SIZES:
             with self.subTest(page=page):
+                if backend_name() == "postgres" and page not in PG_PAGE_SIZES:
+                    self.skipTest("pages of %d: client arithmetic, run on SQLite" % page)
                 self.check_exchanges(page, counts_around(page))
 
 
