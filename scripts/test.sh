@@ -102,8 +102,13 @@ set +m
 valgrind_pid=""
 # shellcheck disable=SC2317
 stop_background() { # a run that stops early stops what it started, by group id
-    kill -- -"$prebuild_pid" 2>/dev/null || true
-    [ -z "$valgrind_pid" ] || kill -- -"$valgrind_pid" 2>/dev/null || true
+    local running pid
+    running=$(jobs -pr) # only jobs still running: an ended job's id may be reused
+    for pid in $prebuild_pid $valgrind_pid; do
+        if echo "$running" | grep -qx "$pid"; then
+            kill -- -"$pid" 2>/dev/null || true
+        fi
+    done
 }
 trap stop_background EXIT
 wait_build() { # wait_build LEG: waits (at most 40 min) for LEG's background build
