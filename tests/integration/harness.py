@@ -22,6 +22,8 @@ What it gives a test (a unittest.TestCase):
 * ``Account``: a registered user with one device (host id and token).
 * ``SSEReader``: an event stream over a raw socket with bounded reads
   (``next_event(timeout)``), chunked transfer decoding, heartbeat counting.
+* ``@no_server``: a test class that starts no recsyncd runs on SQLite only
+  (skipped, and reported so, in the PostgreSQL repeat of its module).
 * Records for raw-HTTP tests: ``make_record`` / ``make_records`` craft
   records whose ``data`` is random bytes behind the envelope magic.
 
@@ -76,6 +78,17 @@ def recsync_bin():
 
 def backend_name():
     return os.environ.get("RS_TEST_BACKEND", "sqlite")
+
+
+def no_server(cls):
+    """Class decorator for a test class that starts no recsyncd (client-only
+    checks in a module that also has server tests). The PostgreSQL repeat of
+    the module (tests/CMakeLists.txt) would run the same client code against
+    nothing that differs, so there its tests are skipped, and reported as
+    skipped; they run in the module's SQLite runs (ASan and TSan)."""
+    if backend_name() == "postgres":
+        return unittest.skip("starts no recsyncd: runs in the SQLite run of this module")(cls)
+    return cls
 
 
 def make_tempdir(test, prefix="recsync-test-"):

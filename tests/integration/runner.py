@@ -48,7 +48,9 @@ def main(argv):
     if not result.wasSuccessful():
         return 1
     # A skip in setUpClass or setUpModule is one entry for tests never counted as run.
-    skipped_tests = sum(1 for test, _ in result.skipped if isinstance(test, unittest.TestCase))
+    # A skipped subtest (unittest.case._SubTest) skips a part of a test that ran: not counted.
+    skipped_tests = sum(1 for test, _ in result.skipped
+                        if isinstance(test, unittest.TestCase) and not isinstance(test, unittest.case._SubTest))
     checked = result.testsRun - skipped_tests
     for test, reason in result.skipped:
         sys.stderr.write("skipped: %s: %s\n" % (test.id(), reason))

@@ -31,7 +31,7 @@ import time
 import unittest
 
 from device import Device, make_devices, new_user, server_url
-from harness import REPO, ServerProcess, backend_name, make_tempdir, pg_bindir, recsync_bin
+from harness import REPO, ServerProcess, backend_name, make_tempdir, no_server, pg_bindir, recsync_bin
 
 ROTATE_TIMEOUT = 60.0
 
@@ -325,6 +325,7 @@ class Rotation(Base):
         self.assertEqual(bytes(last[6][4:12]).hex(), winner, "new records are sealed under the agreed key")
 
 
+@no_server
 class Upgrade(unittest.TestCase):
     def test_a_store_made_by_0_1_0_gets_a_device_key_pair(self):
         src = os.path.join(REPO, "tests", "fixtures", "store-0.1.0")

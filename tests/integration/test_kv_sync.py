@@ -10,7 +10,7 @@ import time
 import unittest
 
 from device import Device, make_devices
-from harness import ServerProcess
+from harness import ServerProcess, no_server
 
 V2_PAYLOAD = '{"op":"set","ns":"ns","key":"k","value":"from v2","expires":4102444800000}'
 
@@ -26,6 +26,7 @@ def kv_rows(device, env=None):
             device.run("kv", "list", "--json", "--all", env=env).text.splitlines()]
 
 
+@no_server
 class KvCommandLine(unittest.TestCase):
     def setUp(self):
         self.d = Device(self, "solo")

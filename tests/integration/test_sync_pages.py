@@ -3,17 +3,31 @@ each page boundary, both ways (upload and download), and a server whose page
 bound is smaller than the client's: every record arrives exactly once, at
 its idx, with its payload."""
 
+import os
 import unittest
 
 from device import make_devices, shard_counts
-from harness import ServerProcess
+from harness import ServerProcess, backend_name
 
 PAGE_SIZES = (1, 2, 3, 7, 100)
+# The PostgreSQL repeat (tests/CMakeLists.txt) runs the server's page queries at 1, 7 and 100 (and
+# the server bound of 3 below); pages of 2 and 3 exercise the client's boundary arithmetic, the
+# same code as on SQLite, where every size runs. They are reported as skipped subtests there.
+PG_PAGE_SIZES = (1, 7, 100)
+SANITIZER = os.environ.get("RS_TEST_SANITIZER", "")  # "thread" in a TSan build (tests/CMakeLists.txt)
 
 
 def counts_around(page):
     """Record counts on both sides of the first two page boundaries."""
     return sorted({n for n in (page - 1, page, page + 1, 2 * page - 1, 2 * page, 2 * page + 1) if n > 0})
+
+
+def cat(device, rid, leak_check=True):
+    """`recsync cat RID` on `device`: the payload."""
+    env = None
+    if not leak_check and "ASAN_OPTIONS" in os.environ:
+        env = {"ASAN_OPTIONS": os.environ["ASAN_OPTIONS"] + ":detect_leaks=0"}
+    return device.run("cat", rid, env=env).out
 
 
 class Pages(unittest.TestCase):
@@ -58,14 +72,24 @@ class Pages(unittest.TestCase):
             idx_of = {x["id"]: x["idx"] for x in log}
             # Payloads at the first and last record of this round and at its page boundaries.
             picks = {base, base + n - 1} | {base + k for k in (page - 1, page, 2 * page - 1, 2 * page) if k < n}
+            # The first round's `cat`s are leak-checked (ASan); later rounds run the same
+            # `cat` code on other records, so they skip LeakSanitizer's exit scan (about half
+            # of a short CLI process's cost under ASan) and keep every other check. In a TSan
+            # build only the first round's payloads are read back: `cat` runs on one thread
+            # (nothing for TSan to watch); every round's are checked in the ASan runs.
+            leak_check = base == 0
+            if not leak_check and SANITIZER == "thread":
+                picks = set()
             for i in sorted(picks):
-                self.assertEqual(b.cat(ids_a[i]), lines_a[i].encode(), where)
-                self.assertEqual(a.cat(ids_b[i]), lines_b[i].encode(), where)
+                self.assertEqual(cat(b, ids_a[i], leak_check), lines_a[i].encode(), where)
+                self.assertEqual(cat(a, ids_b[i], leak_check), lines_b[i].encode(), where)
                 self.assertEqual(idx_of[ids_b[i]], i, where)
 
     def test_page_sizes_at_boundaries(self):
         for page in PAGE_SIZES:
             with self.subTest(page=page):
+                if backend_name() == "postgres" and page not in PG_PAGE_SIZES:
+                    self.skipTest("pages of %d: client arithmetic, run on SQLite" % page)
                 self.check_exchanges(page, counts_around(page))
 
 
