@@ -680,8 +680,9 @@ static int preflight(sync_ctx *ctx, const rs_index *local, const rs_index *remot
 
 /*
  * A page of records to upload. The producer (reading and checking the
- * store) copies the records in; the upload thread encodes the JSON and
- * sends it, so reading and encoding run on both cores.
+ * store) encodes each record into the page's body as it reads it; the
+ * upload thread sends it, so the next page is read and encoded while the
+ * server takes the one before.
  */
 typedef struct up_slot {
     rs_buf body;
@@ -689,10 +690,6 @@ typedef struct up_slot {
     size_t op;
     uint64_t first;
     size_t bytes; /* the length `body` will have before "]}" */
-    rs_record *recs;
-    size_t recs_cap;
-    uint8_t *data; /* the records' envelopes, one after another */
-    size_t data_len, data_cap;
 } up_slot;
 
 typedef struct up_job {
@@ -708,52 +705,6 @@ typedef struct up_job {
     uint8_t *plain; /* scratch for opening each record before it is sent */
     size_t plain_cap;
 } up_job;
-
-/* Encodes the page `slot` holds into its body. */
-static int up_encode(up_slot *slot)
-{
-    const uint8_t *at = slot->data;
-    int err;
-    rs_buf_clear(&slot->body);
-    if ((err = rs_wire_records_begin(&slot->body)) < 0)
-        return err;
-    for (size_t i = 0; i < slot->count; i++) {
-        slot->recs[i].data = at;
-        at += slot->recs[i].data_len;
-        if ((err = rs_wire_records_add(&slot->body, &slot->recs[i])) < 0)
-            return err;
-    }
-    return rs_wire_upload_end(&slot->body);
-}
-
-/* Copies `rec` into the page `slot`. */
-static int up_keep(up_slot *slot, const rs_record *rec)
-{
-    if (slot->count == slot->recs_cap) {
-        size_t cap = slot->recs_cap ? 2 * slot->recs_cap : 64;
-        rs_record *grown = rs__realloc(slot->recs, cap * sizeof(*grown));
-        if (grown == NULL)
-            return rs__error(RS_ENOMEM, "out of memory building a page to upload");
-        slot->recs = grown;
-        slot->recs_cap = cap;
-    }
-    if (slot->data_len + rec->data_len > slot->data_cap) {
-        size_t cap = 2 * (slot->data_len + rec->data_len) + 4096;
-        uint8_t *grown = rs__realloc(slot->data, cap);
-        if (grown == NULL)
-            return rs__error(RS_ENOMEM, "out of memory building a page to upload");
-        slot->data = grown;
-        slot->data_cap = cap;
-    }
-    if (rec->data_len)
-        memcpy(slot->data + slot->data_len, rec->data, rec->data_len);
-    slot->data_len += rec->data_len;
-    slot->recs[slot->count] = *rec;
-    slot->recs[slot->count].data = NULL; /* set by up_encode: data may move until then */
-    slot->bytes += (slot->count ? 1 : 0) + rs_wire_record_size(rec);
-    slot->count++;
-    return 0;
-}
 
 static void *up_worker(void *arg)
 {
@@ -772,13 +723,8 @@ static void *up_worker(void *arg)
             pl_put_free(&job->pl, s, 0);
             continue;
         }
-        int err = up_encode(slot);
-        if (err < 0) {
-            pl_fail(&job->pl, err);
-            return NULL;
-        }
-        err = rs__client_request(&resp, NULL, ctx->client, "/api/v1/records", slot->body.ptr,
-                                 slot->body.len, 1);
+        int err = rs__client_request(&resp, NULL, ctx->client, "/api/v1/records", slot->body.ptr,
+                                     slot->body.len, 1);
         if (err == 0 && (err = rs_wire_upload_result_decode(&accepted, &inserted, &seq, resp->ptr,
                                                             resp->len)) < 0)
             err = rs__error(RS_ESERVER, "server %s answered an upload with: %s",
@@ -813,11 +759,14 @@ static void *up_worker(void *arg)
     return NULL;
 }
 
-/* Hands the current page to the worker. */
+/* Closes the current page and hands it to the worker. */
 static int up_flush(up_job *job)
 {
+    int err;
     if (job->cur == NULL)
         return 0;
+    if ((err = rs_wire_upload_end(&job->cur->body)) < 0)
+        return err;
     pl_put_full(&job->pl, job->cur_index);
     job->cur = NULL;
     return 0;
@@ -842,7 +791,8 @@ static int up_check(up_job *job, const rs_record *rec, const uint8_t *stored)
 
     if (stored) {
         rs__chain_head(head, ctx->store->key, rec);
-        if (sodium_memcmp(head, stored, RS_CHAIN_BYTES) == 0)
+        /* Both are this store's own (nothing secret to time): a plain compare. */
+        if (memcmp(head, stored, RS_CHAIN_BYTES) == 0)
             return 0;
     }
 
@@ -901,10 +851,14 @@ static int up_add(const rs_record *rec, const uint8_t *head, void *payload)
         job->cur->op = job->op;
         job->cur->first = rec->idx;
         job->cur->bytes = strlen("{\"records\":[");
-        job->cur->data_len = 0;
+        rs_buf_clear(&job->cur->body);
+        if ((err = rs_wire_records_begin(&job->cur->body)) < 0)
+            return err;
     }
-    if ((err = up_keep(job->cur, rec)) < 0)
+    if ((err = rs_wire_records_add(&job->cur->body, rec)) < 0)
         return err;
+    job->cur->bytes += (job->cur->count ? 1 : 0) + rs_wire_record_size(rec);
+    job->cur->count++;
     job->expect++;
     return 0;
 }
@@ -955,8 +909,6 @@ static int upload_all(sync_ctx *ctx)
         ctx->seq = job.seq;
     for (size_t i = 0; i < PIPE_SLOTS; i++) {
         rs_buf_free(&job.slots[i].body);
-        rs_free(job.slots[i].recs);
-        rs_free(job.slots[i].data);
     }
     if (job.plain) {
         sodium_memzero(job.plain, job.plain_cap);
