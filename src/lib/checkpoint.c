@@ -300,6 +300,23 @@ int rs__chain_audit(rs_store *store, const char *url)
 
 /* ---- writing checkpoints ---- */
 
+/*
+ * The first checkpoint is due `every` after the store's first completed
+ * sync: that sync keeps its time here, in the same transaction as the rest
+ * of what it keeps. (Counted from the last sync instead, it moved on with
+ * each one, and a device syncing more often never wrote its first.)
+ */
+int rs__checkpoint_clock_start(rs_store *store)
+{
+    char *text = NULL, buf[32];
+    int err = rs_store_meta_get(&text, store, META_CHECKPOINT_MS);
+    rs_free(text);
+    if (err != RS_ENOTFOUND)
+        return err;
+    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)rs__store_now_ms(store));
+    return rs_store_meta_set(store, META_CHECKPOINT_MS, buf);
+}
+
 int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint64_t every_ms)
 {
     char *text = NULL;
@@ -311,24 +328,13 @@ int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint
     *wrote = 0;
     if (every_ms == UINT64_MAX)
         return 0;
-    if (rs_store_meta_get(&text, store, META_CHECKPOINT_MS) == 0)
+    err = rs_store_meta_get(&text, store, META_CHECKPOINT_MS);
+    if (err == 0)
         last_ms = strtoull(text, NULL, 10);
     rs_free(text);
-    if (last_ms == 0 && every_ms > 1) {
-        /*
-         * None yet: the first is due `every_ms` after the first sync, or, in a store that synced
-         * before checkpoints, after its last sync before them. That time is kept as the clock's
-         * start: read from the last sync at every sync instead, it moved on with each one, and
-         * a device syncing more often than `every_ms` never wrote its first checkpoint.
-         */
-        rs_sync_last *ls = NULL;
-        char buf[32];
-        last_ms = rs_sync_last_get(&ls, store) == 0 && ls->time_ms > 0 ? ls->time_ms : now;
-        rs_sync_last_free(ls);
-        snprintf(buf, sizeof(buf), "%llu", (unsigned long long)last_ms);
-        if ((err = rs_store_meta_set(store, META_CHECKPOINT_MS, buf)) < 0)
-            return err;
-    }
+    /* None yet: the clock starts when the first sync completes (rs__checkpoint_clock_start). */
+    if (err < 0 && every_ms > 1)
+        return 0;
     if (now - last_ms < every_ms)
         return 0;
     if ((err = rs_store_index(&local, store)) < 0)

@@ -101,5 +101,7 @@ int rs__chain_forget_alarm(rs_store *store);
  * it: of its own shards a device claims only what the server holds.
  */
 int rs__checkpoint_maybe(int *wrote, rs_store *store, const rs_index *last, uint64_t every_ms);
+/* Starts the checkpoint clock at the first completed sync (in save_last's transaction). */
+int rs__checkpoint_clock_start(rs_store *store);
 
 #endif

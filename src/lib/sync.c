@@ -1197,7 +1197,8 @@ static int save_last(rs_store *store, const rs_sync_report *report, const rs_ind
     if ((err = rs_store_begin(store)) < 0)
         goto done;
     if ((err = rs_store_meta_set(store, RS_META_LAST_SYNC, last.ptr)) < 0 ||
-        (err = rs_store_meta_set(store, RS_META_LAST_INDEX, index.ptr)) < 0) {
+        (err = rs_store_meta_set(store, RS_META_LAST_INDEX, index.ptr)) < 0 ||
+        (err = rs__checkpoint_clock_start(store)) < 0) {
         rs_store_rollback(store);
         goto done;
     }
