@@ -1123,20 +1123,22 @@ static int apply_record(rs_store *store, const rs_record *rec, const uint8_t *pl
 static int append_in_txn(rs_store *store, const rs_record *rec, const uint8_t *head, uint64_t start,
                          uint64_t end, const void *payload, size_t len)
 {
-    int applies = find_tag(store, rec->tag) != NULL, err;
+    int applies = find_tag(store, rec->tag) != NULL, in_savepoint = 0, err;
     sqlite3_stmt *st = NULL;
 
     if ((err = insert_row(store, rec, head)) < 0)
         return err;
-    if ((!applies || (err = txn_exec(store, TXN_SAVEPOINT, "starting a savepoint")) == 0) &&
-        (err = apply_record(store, rec, payload, len)) == 0 &&
+    if (applies && (err = txn_exec(store, TXN_SAVEPOINT, "starting a savepoint")) == 0)
+        in_savepoint = 1;
+    if ((!applies || in_savepoint) && (err = apply_record(store, rec, payload, len)) == 0 &&
         (err = end > 0 ? shard_end_put(store, &rec->host, rec->tag, end + 1, head)
                        : shard_put(store, &rec->host, rec->tag, start, end + 1, head)) == 0 &&
-        (!applies || (err = txn_exec(store, TXN_RELEASE, "releasing a savepoint")) == 0))
+        (!in_savepoint || (err = txn_exec(store, TXN_RELEASE, "releasing a savepoint")) == 0))
         return 0;
-    /* Undone: the apply and the shard's end to the savepoint, the record by hand. */
-    int undone = !applies || sqlite3_exec(store->db, "ROLLBACK TO rs_op; RELEASE rs_op", NULL, NULL,
-                                          NULL) == SQLITE_OK;
+    /* Undone: the apply and the shard's end to the savepoint (when one was taken), the record
+       by hand. */
+    int undone = !in_savepoint || sqlite3_exec(store->db, "ROLLBACK TO rs_op; RELEASE rs_op", NULL,
+                                               NULL, NULL) == SQLITE_OK;
     if (undone && sqlite3_prepare_v2(
                       store->db, "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3",
                       -1, &st, NULL) == SQLITE_OK) {
