@@ -248,39 +248,72 @@ size_t rs_base64_encode(char *out, const uint8_t *in, size_t len)
     return (size_t)(p - out);
 }
 
+/*
+ * Decoding tables: the value of character c placed where quantum position
+ * k puts it (b64_dec[k][c] = value << (18 - 6k)), or B64_BAD (bit 24) for
+ * anything not in the alphabet, '=' included. A quantum is four lookups
+ * OR-ed together and one test; computed by the compiler, not at run time.
+ */
+#define B64_BAD 0x1000000u
+#define B64_VAL(c)                                                                                 \
+    ((c) >= 'A' && (c) <= 'Z'   ? (uint32_t)((c) - 'A')                                            \
+     : (c) >= 'a' && (c) <= 'z' ? (uint32_t)((c) - 'a' + 26)                                       \
+     : (c) >= '0' && (c) <= '9' ? (uint32_t)((c) - '0' + 52)                                       \
+     : (c) == '+'               ? 62u                                                              \
+     : (c) == '/'               ? 63u                                                              \
+                                : 64u)
+#define B64_DEC(k, c) (B64_VAL(c) < 64 ? B64_VAL(c) << (18 - 6 * (k)) : B64_BAD)
+#define B64_D4(k, c) B64_DEC(k, c), B64_DEC(k, c + 1), B64_DEC(k, c + 2), B64_DEC(k, c + 3)
+#define B64_D16(k, c) B64_D4(k, c), B64_D4(k, c + 4), B64_D4(k, c + 8), B64_D4(k, c + 12)
+#define B64_D64(k, c) B64_D16(k, c), B64_D16(k, c + 16), B64_D16(k, c + 32), B64_D16(k, c + 48)
+#define B64_D256(k) B64_D64(k, 0), B64_D64(k, 64), B64_D64(k, 128), B64_D64(k, 192)
+
+static const uint32_t b64_dec[4][256] = {
+    {B64_D256(0)}, {B64_D256(1)}, {B64_D256(2)}, {B64_D256(3)}};
+
 int rs_base64_decode(uint8_t *out, size_t *out_len, const char *in, size_t len)
 {
     const unsigned char *s = (const unsigned char *)in;
-    size_t o = 0;
+    size_t o = 0, i = 0;
     if (len % 4 != 0)
         return RS_EINVAL;
-    for (size_t i = 0; i < len; i += 4) {
-        uint32_t a = b64_table[s[i]], b = b64_table[s[i + 1]], c = b64_table[s[i + 2]],
-                 d = b64_table[s[i + 3]];
-        if ((a | b | c | d) < 64) {
-            uint32_t v = a << 18 | b << 12 | c << 6 | d;
-            out[o] = (uint8_t)(v >> 16);
-            out[o + 1] = (uint8_t)(v >> 8);
-            out[o + 2] = (uint8_t)v;
-            o += 3;
-            continue;
-        }
+    if (len == 0) {
+        *out_len = 0;
+        return 0;
+    }
+    for (; i + 4 < len; i += 4) { /* every quantum but the last: no padding */
+        uint32_t v =
+            b64_dec[0][s[i]] | b64_dec[1][s[i + 1]] | b64_dec[2][s[i + 2]] | b64_dec[3][s[i + 3]];
+        if (v & B64_BAD)
+            return RS_EINVAL;
+        out[o] = (uint8_t)(v >> 16);
+        out[o + 1] = (uint8_t)(v >> 8);
+        out[o + 2] = (uint8_t)v;
+        o += 3;
+    }
+    uint32_t a = b64_table[s[i]], b = b64_table[s[i + 1]], c = b64_table[s[i + 2]],
+             d = b64_table[s[i + 3]];
+    if ((a | b | c | d) < 64) {
+        uint32_t v = a << 18 | b << 12 | c << 6 | d;
+        out[o] = (uint8_t)(v >> 16);
+        out[o + 1] = (uint8_t)(v >> 8);
+        out[o + 2] = (uint8_t)v;
+        o += 3;
+    } else if (a >= 64 || b >= 64 || d != 64) {
         /* Padding: only in the last quantum, as "xx==" or "xxx=", with unused bits zero. */
-        if (i + 4 != len || a >= 64 || b >= 64 || d != 64)
+        return RS_EINVAL;
+    } else if (c == 64) {
+        if (b & 15)
             return RS_EINVAL;
-        if (c == 64) {
-            if (b & 15)
-                return RS_EINVAL;
-            out[o++] = (uint8_t)(a << 2 | b >> 4);
-        } else if (c < 64) {
-            if (c & 3)
-                return RS_EINVAL;
-            out[o] = (uint8_t)(a << 2 | b >> 4);
-            out[o + 1] = (uint8_t)((b & 15) << 4 | c >> 2);
-            o += 2;
-        } else {
+        out[o++] = (uint8_t)(a << 2 | b >> 4);
+    } else if (c < 64) {
+        if (c & 3)
             return RS_EINVAL;
-        }
+        out[o] = (uint8_t)(a << 2 | b >> 4);
+        out[o + 1] = (uint8_t)((b & 15) << 4 | c >> 2);
+        o += 2;
+    } else {
+        return RS_EINVAL;
     }
     *out_len = o;
     return 0;
