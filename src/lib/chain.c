@@ -15,6 +15,14 @@
  * record's head, each shard's head at its end, and, for a shard that starts
  * above 0 (cut to a snapshot, compacted), the head its first record chains
  * from. Snapshots carry the heads of their frontier (snapshot.c).
+ *
+ * Beside the head of each record it writes the store keeps a check tag
+ * (schema 4): a SipHash-2-4 keyed with the check key (also derived from the
+ * master key) over "RSK1" | the same header | SipHash of the envelope. Only
+ * this store reads it, to tell cheaply that a record about to be uploaded
+ * is the one it wrote (sync.c). A row without one (received from another
+ * device, which a push sends only when the server lost it, or stored before
+ * tags) is checked by its head.
  */
 #include "internal.h"
 
@@ -42,13 +50,12 @@ void rs__chain_start(uint8_t *out, const rs_key *key, const rs_uuid *host, const
     crypto_generichash_final(&st, out, RS_CHAIN_BYTES);
 }
 
-void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec)
+/* The fixed part of what a record's head covers, after a 4-byte magic; returns its length. */
+static size_t record_header(uint8_t *hdr, const char *magic, const rs_record *rec)
 {
-    /* The fixed part in one buffer, one update: ten small updates cost a tenth of the hash. */
-    uint8_t hdr[4 + 16 + 1 + 255 + 8 + 16 + 8 + 4 + 4], *p = hdr;
     size_t tl = strlen(rec->tag);
-    crypto_generichash_state st;
-    memcpy(p, "RSH1", 4);
+    uint8_t *p = hdr;
+    memcpy(p, magic, 4);
     memcpy(p + 4, rec->host.bytes, 16);
     p[20] = (uint8_t)tl;
     memcpy(p + 21, rec->tag, tl);
@@ -58,12 +65,38 @@ void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec)
     p = put_be(p + 16, rec->hlc, 8);
     p = put_be(p, rec->version, 4);
     p = put_be(p, rec->data_len, 4);
+    return (size_t)(p - hdr);
+}
+
+#define HEADER_MAX (4 + 16 + 1 + 255 + 8 + 16 + 8 + 4 + 4)
+
+void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec)
+{
+    /* The fixed part in one buffer, one update: ten small updates cost a tenth of the hash. */
+    uint8_t hdr[HEADER_MAX];
+    size_t n = record_header(hdr, "RSH1", rec);
+    crypto_generichash_state st;
     if (key->next) /* keyed with the chain key of the key that sealed it (keyring.c) */
         key = rs__key_for(key, rec->data, rec->data_len);
     crypto_generichash_init(&st, key->chain, RS_CHAIN_BYTES, RS_CHAIN_BYTES);
-    crypto_generichash_update(&st, hdr, (unsigned long long)(p - hdr));
+    crypto_generichash_update(&st, hdr, (unsigned long long)n);
     crypto_generichash_update(&st, rec->data, rec->data_len);
     crypto_generichash_final(&st, out, RS_CHAIN_BYTES);
+}
+
+/*
+ * SipHash has no incremental form in libsodium: the envelope is hashed
+ * first, and its tag closes the header ("RSK1" | the head's fields | tag).
+ */
+void rs__chain_check(uint8_t *out, const rs_key *key, const rs_record *rec)
+{
+    uint8_t hdr[HEADER_MAX + RS_CHECK_BYTES];
+    size_t n = record_header(hdr, "RSK1", rec);
+    _Static_assert(RS_CHECK_BYTES == crypto_shorthash_BYTES, "check tag size");
+    if (key->next)
+        key = rs__key_for(key, rec->data, rec->data_len);
+    crypto_shorthash(hdr + n, rec->data, rec->data_len, key->check);
+    crypto_shorthash(out, hdr, n + RS_CHECK_BYTES, key->check);
 }
 
 void rs__chain_open(rs_opened *out, const rs_key *key, const rs_record *rec)

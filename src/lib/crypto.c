@@ -23,6 +23,7 @@ _Static_assert(OFF_CIPHERTEXT + TAG_BYTES == RS_ENVELOPE_OVERHEAD, "envelope lay
 
 static const char key_id_context[] = "recsync key id v1";
 static const char chain_context[] = "recsync chain key v1";
+static const char check_context[] = "recsync check key v1";
 
 static void compute_key_id(uint8_t *out, const uint8_t *key)
 {
@@ -49,6 +50,13 @@ int rs__key_from_bytes(rs_key **out, const uint8_t *bytes)
     }
     crypto_generichash(key->chain, RS_CHAIN_BYTES, (const uint8_t *)chain_context,
                        sizeof(chain_context) - 1, key->bytes, RS_KEY_BYTES);
+    key->check = sodium_malloc(crypto_shorthash_KEYBYTES);
+    if (key->check == NULL) {
+        rs__key_free(key);
+        return rs__error(RS_ENOMEM, "out of secure memory for the check key");
+    }
+    crypto_generichash(key->check, crypto_shorthash_KEYBYTES, (const uint8_t *)check_context,
+                       sizeof(check_context) - 1, key->bytes, RS_KEY_BYTES);
     *out = key;
     return 0;
 }
@@ -69,6 +77,8 @@ void rs__key_free(rs_key *key)
         sodium_free(key->bytes);
         if (key->chain)
             sodium_free(key->chain);
+        if (key->check)
+            sodium_free(key->check);
         rs_free(key);
         key = next;
     }

@@ -78,11 +78,13 @@ int rs__unhex(uint8_t *out, size_t len, const char *text);
 
 #define RS_ENVELOPE_MAGIC_CHAINED "RSE2"
 #define RS_CHAIN_BYTES 32
+#define RS_CHECK_BYTES 8 /* crypto_shorthash_BYTES: a stored record's check tag (chain.c) */
 
 typedef struct rs_key {
     uint8_t *bytes; /* RS_KEY_BYTES in sodium_malloc memory */
     uint8_t id[RS_KEY_ID_BYTES];
     uint8_t *chain;      /* RS_CHAIN_BYTES: the key of the shards' hash chains (chain.c) */
+    uint8_t *check;      /* crypto_shorthash_KEYBYTES: the key of stored records' check tags */
     struct rs_key *next; /* the store's keyring: older (or losing) keys, opened by id (keyring.c) */
 } rs_key;
 
@@ -211,6 +213,14 @@ int rs__snapshot_covers(rs_store *store, const rs_shard *shard);
  */
 void rs__chain_start(uint8_t *out, const rs_key *key, const rs_uuid *host, const char *tag);
 void rs__chain_head(uint8_t *out, const rs_key *key, const rs_record *rec);
+/*
+ * A record's check tag (RS_CHECK_BYTES), kept beside each record the store
+ * writes: a keyed SipHash-2-4 over the same bytes as its head, at a fraction
+ * of the cost. It only tells whether the stored bytes changed since they
+ * were written (sync.c checks each record before an upload); it is never
+ * sent.
+ */
+void rs__chain_check(uint8_t *out, const rs_key *key, const rs_record *rec);
 int rs__chain_break(const rs_record *rec, const uint8_t *prev, const uint8_t *expected);
 /*
  * A record opened ahead of its insert, on another thread (the download
@@ -244,11 +254,12 @@ int rs__chain_backfill(rs_store *store);
 int rs__chain_head_before(uint8_t *out, int *known, rs_store *store, const rs_uuid *host,
                           const char *tag, uint64_t idx);
 /*
- * As rs_store_range, also handing each record's stored chain head (NULL
- * when it has none): what a caller can check the record's bytes against
- * without opening it (sync.c, before an upload).
+ * As rs_store_range, also handing each record's stored check tag and chain
+ * head (each NULL when it has none): what a caller can check the record's
+ * bytes against without opening it (sync.c, before an upload).
  */
-typedef int (*rs__head_cb)(const rs_record *rec, const uint8_t *head, void *payload);
+typedef int (*rs__head_cb)(const rs_record *rec, const uint8_t *check, const uint8_t *head,
+                           void *payload);
 int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag, uint64_t start,
                           uint64_t end, rs__head_cb cb, void *payload);
 

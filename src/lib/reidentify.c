@@ -178,7 +178,7 @@ static int move_one(mover *m, const rs_record *old, uint64_t idx, uint8_t *prev)
 {
     rs_record rec;
     size_t len = 0, need = old->data_len > RS_ENVELOPE_OVERHEAD ? old->data_len : 1;
-    uint8_t head[RS_CHAIN_BYTES];
+    uint8_t head[RS_CHAIN_BYTES], check[RS_CHECK_BYTES];
     int err;
 
     if ((err = grow(&m->plain, &m->plain_cap, need)) < 0)
@@ -202,6 +202,7 @@ static int move_one(mover *m, const rs_record *old, uint64_t idx, uint8_t *prev)
     rec.data = m->env;
     rec.data_len = rs__envelope_len(len) + RS_CHAIN_BYTES;
     rs__chain_head(head, m->store->key, &rec);
+    rs__chain_check(check, m->store->key, &rec);
 
     sqlite3_bind_blob(m->del, 1, old->host.bytes, 16, SQLITE_STATIC);
     sqlite3_bind_text(m->del, 2, old->tag, -1, SQLITE_STATIC);
@@ -216,6 +217,7 @@ static int move_one(mover *m, const rs_record *old, uint64_t idx, uint8_t *prev)
     sqlite3_bind_int64(m->ins, 6, (sqlite3_int64)rec.version);
     sqlite3_bind_blob(m->ins, 7, rec.data, (int)rec.data_len, SQLITE_STATIC);
     sqlite3_bind_blob(m->ins, 8, head, RS_CHAIN_BYTES, SQLITE_STATIC);
+    sqlite3_bind_blob(m->ins, 9, check, RS_CHECK_BYTES, SQLITE_STATIC);
     if ((err = step_done(m->store, m->ins, "storing a reidentified record")) < 0)
         return err;
     memcpy(prev, head, RS_CHAIN_BYTES);
@@ -429,8 +431,8 @@ int rs__reidentify_local(rs_reidentify_report *rep, rs_store *store, const rs_uu
     if ((err = prep(store, &m.del,
                     "DELETE FROM records WHERE host = ?1 AND tag = ?2 AND idx = ?3")) < 0 ||
         (err = prep(store, &m.ins,
-                    "INSERT INTO records(host, tag, idx, id, hlc, version, data, head) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")) < 0)
+                    "INSERT INTO records(host, tag, idx, id, hlc, version, data, head, chk) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")) < 0)
         goto done;
     for (size_t i = 0; i < local->count; i++) {
         const rs_shard *ls = &local->shards[i];

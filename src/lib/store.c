@@ -56,6 +56,11 @@ static const char *const migrations[] = {
     "CREATE TABLE chain_claims("
     "  writer BLOB NOT NULL, host BLOB NOT NULL, tag TEXT NOT NULL, end INTEGER NOT NULL,"
     "  head BLOB NOT NULL, PRIMARY KEY(writer, host, tag)) WITHOUT ROWID;",
+    /*
+     * 4: the check tag of each record the store writes (chain.c), what an
+     * upload checks its bytes against. Other rows are checked by their head.
+     */
+    "ALTER TABLE records ADD COLUMN chk BLOB;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -295,8 +300,8 @@ static int prepare_statements(rs_store *store)
 {
     int err;
     if ((err = prepare(store, &store->st_insert,
-                       "INSERT INTO records(host, tag, idx, id, hlc, version, data, head) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")) < 0 ||
+                       "INSERT INTO records(host, tag, idx, id, hlc, version, data, head, chk) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")) < 0 ||
         (err = prepare(store, &store->st_shard_get,
                        "SELECT start, end, head, start_head FROM shards "
                        "WHERE host = ?1 AND tag = ?2")) < 0 ||
@@ -1035,7 +1040,8 @@ static int shard_end_put(rs_store *store, const rs_uuid *host, const char *tag, 
     return rc == SQLITE_DONE ? 0 : rs__sqlite_error(store->db, rc, "updating the shard index");
 }
 
-static int insert_row(rs_store *store, const rs_record *rec, const uint8_t *head)
+static int insert_row(rs_store *store, const rs_record *rec, const uint8_t *head,
+                      const uint8_t *check)
 {
     sqlite3_stmt *st = store->st_insert;
     int rc;
@@ -1047,6 +1053,8 @@ static int insert_row(rs_store *store, const rs_record *rec, const uint8_t *head
     sqlite3_bind_int64(st, 6, (sqlite3_int64)rec->version);
     sqlite3_bind_blob(st, 7, rec->data, (int)rec->data_len, SQLITE_STATIC);
     sqlite3_bind_blob(st, 8, head, RS_CHAIN_BYTES, SQLITE_STATIC);
+    if (check) /* a record received has none (chain.c) */
+        sqlite3_bind_blob(st, 9, check, RS_CHECK_BYTES, SQLITE_STATIC);
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -1120,13 +1128,14 @@ static int apply_record(rs_store *store, const rs_record *rec, const uint8_t *pl
  * undo fail itself, the whole transaction is rolled back, which the next
  * call in it reports (explicit_txn_lost).
  */
-static int append_in_txn(rs_store *store, const rs_record *rec, const uint8_t *head, uint64_t start,
-                         uint64_t end, const void *payload, size_t len)
+static int append_in_txn(rs_store *store, const rs_record *rec, const uint8_t *head,
+                         const uint8_t *check, uint64_t start, uint64_t end, const void *payload,
+                         size_t len)
 {
     int applies = find_tag(store, rec->tag) != NULL, in_savepoint = 0, err;
     sqlite3_stmt *st = NULL;
 
-    if ((err = insert_row(store, rec, head)) < 0)
+    if ((err = insert_row(store, rec, head, check)) < 0)
         return err;
     if (applies && (err = txn_exec(store, TXN_SAVEPOINT, "starting a savepoint")) == 0)
         in_savepoint = 1;
@@ -1160,7 +1169,7 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
 {
     rs_record rec;
     op_txn t;
-    uint8_t *env = NULL, prev[RS_CHAIN_BYTES], head[RS_CHAIN_BYTES];
+    uint8_t *env = NULL, prev[RS_CHAIN_BYTES], head[RS_CHAIN_BYTES], check[RS_CHECK_BYTES];
     uint64_t start, end;
     int err, known = 1, in_txn = store->explicit_txn;
 
@@ -1193,9 +1202,10 @@ int rs_append(rs_record *out, rs_store *store, const char *tag, uint32_t version
     rec.data = env;
     rec.data_len = rs__envelope_len(len) + RS_CHAIN_BYTES;
     rs__chain_head(head, store->key, &rec);
+    rs__chain_check(check, store->key, &rec);
     if (in_txn)
-        err = append_in_txn(store, &rec, head, start, end, payload, len);
-    else if ((err = insert_row(store, &rec, head)) == 0 &&
+        err = append_in_txn(store, &rec, head, check, start, end, payload, len);
+    else if ((err = insert_row(store, &rec, head, check)) == 0 &&
              (err = end > 0 ? shard_end_put(store, &store->host, tag, end + 1, head)
                             : shard_put(store, &store->host, tag, start, end + 1, head)) == 0 &&
              (err = apply_record(store, &rec, payload, len)) == 0)
@@ -1344,7 +1354,7 @@ int rs__store_insert_opened(size_t *inserted, rs_store *store, const rs_record *
         memcpy(head, o->head, RS_CHAIN_BYTES);
         known = 1;
         if ((err = rs_hlc_recv(&store->clock, rec->hlc, &rec->host)) < 0 ||
-            (err = insert_row(store, rec, head)) < 0 ||
+            (err = insert_row(store, rec, head, NULL)) < 0 ||
             (err = apply_record(store, rec, o->plain, o->plain_len)) < 0)
             goto fail;
         end++;
@@ -1431,8 +1441,8 @@ int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag,
     rs_record rec;
     int rc, ret = 0;
     if ((ret = rs__stmt(&st, store,
-                        "SELECT " RECORD_COLUMNS ", head FROM records WHERE host = ?1 AND tag = ?2 "
-                        "AND idx >= ?3 AND idx < ?4 ORDER BY idx")) < 0)
+                        "SELECT " RECORD_COLUMNS ", chk, head FROM records WHERE host = ?1 "
+                        "AND tag = ?2 AND idx >= ?3 AND idx < ?4 ORDER BY idx")) < 0)
         return ret;
     sqlite3_bind_blob(st, 1, host->bytes, 16, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, tag, -1, SQLITE_STATIC);
@@ -1440,9 +1450,11 @@ int rs__store_range_heads(rs_store *store, const rs_uuid *host, const char *tag,
     sqlite3_bind_int64(st, 4, end > INT64_MAX ? INT64_MAX : (sqlite3_int64)end);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         row_to_record(&rec, st);
+        const uint8_t *check =
+            sqlite3_column_bytes(st, 7) == RS_CHECK_BYTES ? sqlite3_column_blob(st, 7) : NULL;
         const uint8_t *head =
-            sqlite3_column_bytes(st, 7) == RS_CHAIN_BYTES ? sqlite3_column_blob(st, 7) : NULL;
-        if ((ret = cb(&rec, head, payload)) != 0)
+            sqlite3_column_bytes(st, 8) == RS_CHAIN_BYTES ? sqlite3_column_blob(st, 8) : NULL;
+        if ((ret = cb(&rec, check, head, payload)) != 0)
             break;
     }
     if (ret == 0 && rc != SQLITE_DONE)

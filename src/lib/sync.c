@@ -775,13 +775,14 @@ static int up_flush(up_job *job)
 /*
  * Checks this device's record `rec` before it is sent: a record damaged in
  * the store would be refused by every other device and, once on the server,
- * could never be replaced. Its bytes are checked against the chain head
- * stored with it when it was sealed (a keyed BLAKE2b, a fraction of the cost
- * of opening it); a record without a head, or whose bytes no longer match
- * it, is opened, and one that does not open holds the op back from it
- * (returns 1: stop).
+ * could never be replaced. Its bytes are checked against the check tag
+ * stored with it when it was written (a keyed SipHash, chain.c), or, in a
+ * row stored before tags, against its chain head (a keyed BLAKE2b); both
+ * cost a fraction of opening it. A record with neither, or whose bytes no
+ * longer match, is opened, and one that does not open holds the op back
+ * from it (returns 1: stop).
  */
-static int up_check(up_job *job, const rs_record *rec, const uint8_t *stored)
+static int up_check(up_job *job, const rs_record *rec, const uint8_t *check, const uint8_t *stored)
 {
     sync_ctx *ctx = job->ctx;
     char shard[SHARD_NAME];
@@ -789,9 +790,13 @@ static int up_check(up_job *job, const rs_record *rec, const uint8_t *stored)
     uint8_t head[RS_CHAIN_BYTES];
     int err;
 
-    if (stored) {
+    /* Each is this store's own (nothing secret to time): a plain compare. */
+    if (check) {
+        rs__chain_check(head, ctx->store->key, rec);
+        if (memcmp(head, check, RS_CHECK_BYTES) == 0)
+            return 0;
+    } else if (stored) {
         rs__chain_head(head, ctx->store->key, rec);
-        /* Both are this store's own (nothing secret to time): a plain compare. */
         if (memcmp(head, stored, RS_CHAIN_BYTES) == 0)
             return 0;
     }
@@ -819,7 +824,7 @@ static int up_check(up_job *job, const rs_record *rec, const uint8_t *stored)
     return 1;
 }
 
-static int up_add(const rs_record *rec, const uint8_t *head, void *payload)
+static int up_add(const rs_record *rec, const uint8_t *check, const uint8_t *head, void *payload)
 {
     up_job *job = payload;
     sync_ctx *ctx = job->ctx;
@@ -827,7 +832,7 @@ static int up_add(const rs_record *rec, const uint8_t *head, void *payload)
 
     if (is_held(ctx, job->op))
         return 1;
-    if ((err = up_check(job, rec, head)) != 0)
+    if ((err = up_check(job, rec, check, head)) != 0)
         return err;
     if (rec->idx != job->expect) {
         char shard[SHARD_NAME];

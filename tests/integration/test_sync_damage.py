@@ -111,6 +111,43 @@ class DamagedRecordTest(unittest.TestCase):
         self.assertEqual(own(a), [p for h, _, p in payloads(b) if h == a.host])
         self.assertEqual(a.records(), b.records(), "both stores hold the same records")
 
+    def test_a_record_is_checked_by_its_tag_or_else_its_head_before_upload(self):
+        """Each record a store writes has a check tag (schema 4) that the
+        upload checks its bytes against; a row without one (received from
+        another device, or stored before tags) is checked by its chain head;
+        a damaged tag only costs opening the record."""
+        a, b = make_devices(self, self.server, 2, names=["a", "b"])
+        a.append_lines("notes", ["t%d" % i for i in range(3)])
+        a.sync()
+        b.sync()
+        a.append_lines("notes", ["t%d" % i for i in range(3, 8)])
+
+        def tags(device):
+            with sqlite3.connect("file:%s?mode=ro" % device.db_path, uri=True) as con:
+                return con.execute("SELECT idx, chk FROM records WHERE tag = 'notes' "
+                                   "ORDER BY idx").fetchall()
+        mine = tags(a)
+        self.assertEqual([i for i, _ in mine], list(range(8)))
+        self.assertTrue(all(c is not None and len(c) == 8 for _, c in mine), mine)
+        self.assertEqual(len(set(c for _, c in mine)), 8, "each record its own tag")
+        # A record received from another device has none.
+        self.assertEqual(tags(b), [(i, None) for i in range(3)])
+
+        hexhost = a.host.replace("-", "").upper()
+        with sqlite3.connect(a.db_path, timeout=30) as con:
+            # idx 3: its tag damaged, its bytes intact; idx 5 on: rows as a store before tags.
+            con.execute("UPDATE records SET chk = ? WHERE hex(host) = ? AND tag = 'notes' "
+                        "AND idx = 3", (bytes(8), hexhost))
+            con.execute("UPDATE records SET chk = NULL WHERE hex(host) = ? AND tag = 'notes' "
+                        "AND idx >= 5", (hexhost,))
+        damage(a, a.host, "notes", 6)
+        rep = a.run("sync", "--json", expect=3).json
+        self.assertEqual(rep["uploaded"], 3, "idx 3 (opened: it is intact), 4 and 5 go")
+        self.assertEqual([(h["idx"], h["error"]) for h in rep["held"]], [(6, "damaged")])
+        self.assertEqual(remote_shard(a, self.server), (0, 6))
+        self.assertEqual(b.sync()["downloaded"], 3)
+        b.verify()
+
     def test_repair_restores_an_uploaded_record_from_the_server(self):
         a, = make_devices(self, self.server, 1, names=["a"])
         a.append_lines("notes", ["x%d" % i for i in range(4)])

@@ -157,16 +157,21 @@ class PreviousReleaseTest(unittest.TestCase):
                                          "CAST(substr(data, 1, 4) AS TEXT) = 'RSE1'").fetchone()[0], 7)
         self.assertIn("7 records", old.verify().text)
         with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 4)
             self.assertEqual(con.execute("SELECT count(*) FROM records WHERE head IS NULL")
                              .fetchone()[0], 0, "every old record got its head")
+            self.assertEqual(con.execute("SELECT count(*) FROM records WHERE chk IS NULL")
+                             .fetchone()[0], 7, "old records have no check tag: their head serves")
         self.assertEqual(old.run("kv", "get", "settings", "theme").out, b"dark\n")
         self.assertEqual(old.run("kv", "get", "settings", "font", expect=1).out, b"")
         self.assertIn("git status", old.run("history", "list").text)
         old.register(server_url(server), "olduser", "pw-old-store")
         self.assertEqual(old.sync()["uploaded"], 7)
         new_id = old.append("notes", "four")
-        old.sync()
+        with sqlite3.connect("file:%s?mode=ro" % old.db_path, uri=True) as con:
+            self.assertEqual(len(con.execute("SELECT chk FROM records WHERE tag = 'notes' AND "
+                                             "idx = 3").fetchone()[0]), 8, "a new record has one")
+        self.assertEqual(old.sync()["uploaded"], 1)
         # Another device pulls the old records and the chained one after them.
         b = Device(self, "b", key=old.key_export())
         b.login(server_url(server), "olduser", "pw-old-store")
@@ -178,6 +183,44 @@ class PreviousReleaseTest(unittest.TestCase):
             self.assertEqual(con.execute("SELECT CAST(substr(data, 1, 4) AS TEXT) FROM records WHERE "
                                          "tag = 'notes' ORDER BY idx").fetchall(),
                              [("RSE1",), ("RSE1",), ("RSE1",), ("RSE2",)])
+
+
+FIXTURE_SCHEMA3 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
+                               "store-schema3")
+
+
+class SchemaThreeTest(unittest.TestCase):
+    """A store made before check tags (schema 3, fd2b488) opens, keeps its
+    state, and its records, which have no tag, are checked by their chain
+    heads before an upload: a damaged one is held back, the rest go."""
+
+    def test_a_store_without_check_tags_is_checked_by_its_heads(self):
+        server = ServerProcess(self)
+        old = Device(self, "s3", init=False)
+        shutil.copytree(FIXTURE_SCHEMA3, old.dir)
+        os.chmod(old.dir, 0o700)
+        with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
+            cols = [r[1] for r in con.execute("PRAGMA table_info(records)")]
+            self.assertNotIn("chk", cols)
+        self.assertIn("7 records", old.verify().text)
+        with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 4)
+            self.assertEqual(con.execute("SELECT count(*) FROM records WHERE chk IS NULL")
+                             .fetchone()[0], 7)
+            # One byte of the second notes record changed on disk.
+            data = bytearray(con.execute("SELECT data FROM records WHERE tag = 'notes' AND "
+                                         "idx = 1").fetchone()[0])
+            data[-5] ^= 0x01
+            con.execute("UPDATE records SET data = ? WHERE tag = 'notes' AND idx = 1",
+                        (bytes(data),))
+        self.assertEqual(old.run("kv", "get", "settings", "theme").out, b"dark\n")
+        self.assertIn("git status", old.run("history", "list").text)
+        old.register(server_url(server), "s3user", "pw-schema3")
+        rep = old.run("sync", "--json", expect=3).json
+        self.assertEqual(rep["uploaded"], 5, "settings 3, history 1, notes idx 0")
+        self.assertEqual([(h["tag"], h["idx"], h["error"]) for h in rep["held"]],
+                         [("notes", 1, "damaged")])
 
 
 class ForkTest(unittest.TestCase):
