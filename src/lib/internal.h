@@ -175,6 +175,7 @@ struct rs_store {
     rs_hlc clock_saved; /* the value last written to meta */
     rs_store_opts opts;
     int explicit_txn;   /* inside rs_store_begin ... commit */
+    int read_txn;       /* inside rs__store_read_begin ... end */
     int chain_backfill; /* the schema was migrated from before chains: heads to compute */
     int audit_due;      /* records were written since this process last ran rs__chain_audit */
     rs_tag_entry *tags;
@@ -189,7 +190,7 @@ struct rs_store {
     sqlite3_stmt *st_at_idx;
     sqlite3_stmt *st_meta_get;
     sqlite3_stmt *st_meta_put;
-    sqlite3_stmt *st_txn[4]; /* BEGIN IMMEDIATE, COMMIT, SAVEPOINT, RELEASE: made at first use */
+    sqlite3_stmt *st_txn[5]; /* BEGIN IMMEDIATE, COMMIT, SAVEPOINT, RELEASE, BEGIN: at first use */
     rs_stmt_entry stmts[RS_STMT_CACHE]; /* statements a sync runs every time (stmtcache.c) */
 };
 
@@ -278,6 +279,9 @@ void rs__stmt_cache_free(rs_store *store);
 
 /* The store's wall clock in Unix ms: the system's, or the tests' (RECSYNC_CLOCK_OFFSET_MS). */
 uint64_t rs__store_now_ms(rs_store *store);
+/* A run of reads in one read transaction (store.c); a write in between ends it. */
+void rs__store_read_begin(rs_store *store);
+void rs__store_read_end(rs_store *store);
 
 /* Runs `sql` (no results) on the store's database, naming `what` on failure. */
 int rs__exec(rs_store *store, const char *sql, const char *what);

@@ -346,6 +346,7 @@ static int meta_put_raw(rs_store *store, const char *name, const char *value)
 {
     sqlite3_stmt *st = store->st_meta_put;
     int rc;
+    rs__store_read_end(store);
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
@@ -442,20 +443,47 @@ static int explicit_txn_lost(rs_store *store)
  * sqlite3_exec compiles its text each call, which cost an append about a
  * fifth of its instructions.
  */
-enum { TXN_BEGIN, TXN_COMMIT, TXN_SAVEPOINT, TXN_RELEASE };
+enum { TXN_BEGIN, TXN_COMMIT, TXN_SAVEPOINT, TXN_RELEASE, TXN_READ };
 
 static int txn_exec(rs_store *store, int which, const char *what)
 {
     static const char *const sql[] = {"BEGIN IMMEDIATE", "COMMIT", "SAVEPOINT rs_op",
-                                      "RELEASE rs_op"};
+                                      "RELEASE rs_op", "BEGIN"};
     sqlite3_stmt **st = &store->st_txn[which];
     int rc;
+    if (which == TXN_BEGIN)
+        rs__store_read_end(store); /* a write ends a read bracket first */
     if (!*st && (rc = sqlite3_prepare_v3(store->db, sql[which], -1, SQLITE_PREPARE_PERSISTENT, st,
                                          NULL)) != SQLITE_OK)
         return rs__sqlite_error(store->db, rc, what);
     rc = sqlite3_step(*st);
     sqlite3_reset(*st);
     return rc == SQLITE_DONE ? 0 : rs__sqlite_error(store->db, rc, what);
+}
+
+/*
+ * A read bracket: the reads a sync makes in a row share one read
+ * transaction instead of taking and dropping SQLite's locks once each (ten
+ * lock calls a no-op sync). Nothing in it may depend on it: a write ends
+ * it first (txn_exec, meta_put_raw), so it never turns into a write
+ * transaction, and a bracket that cannot begin leaves the reads to their
+ * own transactions.
+ */
+void rs__store_read_begin(rs_store *store)
+{
+    if (store->explicit_txn || store->read_txn || !sqlite3_get_autocommit(store->db))
+        return;
+    if (txn_exec(store, TXN_READ, "starting a read") == 0)
+        store->read_txn = 1;
+}
+
+void rs__store_read_end(rs_store *store)
+{
+    if (!store->read_txn)
+        return;
+    store->read_txn = 0;
+    if (!sqlite3_get_autocommit(store->db) && txn_exec(store, TXN_COMMIT, "ending a read") < 0)
+        sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 static int op_begin(op_txn *t, rs_store *store)
@@ -561,6 +589,8 @@ void rs_store_rollback(rs_store *store)
 
 static void store_close(rs_store *store)
 {
+    if (store->db)
+        rs__store_read_end(store);
     sqlite3_finalize(store->st_insert);
     sqlite3_finalize(store->st_shard_get);
     sqlite3_finalize(store->st_shard_put);
@@ -953,6 +983,7 @@ int rs_store_meta_del(rs_store *store, const char *name)
     int rc, err;
     if (!meta_name_valid(name))
         return rs__error(RS_EINVAL, "setting '%s' cannot be removed", name ? name : "(null)");
+    rs__store_read_end(store);
     if ((err = prepare(store, &st, "DELETE FROM meta WHERE name = ?1")) < 0)
         return err;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);

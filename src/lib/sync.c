@@ -1371,22 +1371,29 @@ int rs_sync(rs_sync_report **out, rs_store *store, const rs_sync_opts *opts)
     rs_store_host(&ctx.self, store);
     rs_store_key_id(key, store);
     /* What the last sync learned spares round trips (see preflight); none is no loss. */
+    rs__store_read_begin(store);
     if (rs_sync_last_get(&last, store) < 0)
         last = NULL;
     ctx.key_checked = last && strcmp(last->key_checked, key) == 0;
+    err = rs__store_client(&ctx.client, store, &copts);
+    rs__store_read_end(store);
 
     int wrote = 0;
-    if ((err = rs__store_client(&ctx.client, store, &copts)) < 0 ||
-        (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
-        (err = rs__keyring_sync(store, ctx.client, remote)) < 0 ||
-        (err = rs_store_index(&local, store)) < 0 ||
-        (err = rs__chain_preflight(store, rs__client_url(ctx.client), local, remote,
-                                   last ? last->remote : NULL)) < 0 ||
-        (err = rs__checkpoint_maybe(&wrote, store, last ? last->remote : NULL,
-                                    ctx.opts.checkpoint_ms ? ctx.opts.checkpoint_ms
-                                                           : RS_CHECKPOINT_DEFAULT_MS)) < 0 ||
-        (!ctx.opts.replay &&
-         (err = rs__sync_bootstrap(&ctx.snaps, &reloaded, store, ctx.client, local, remote)) < 0))
+    if (err < 0 || (err = rs__fetch_index(&remote, ctx.client)) < 0 ||
+        (err = rs__keyring_sync(store, ctx.client, remote)) < 0)
+        goto done;
+    rs__store_read_begin(store); /* the local side of the plan; a due checkpoint ends it */
+    err = rs_store_index(&local, store);
+    if (err == 0)
+        err = rs__chain_preflight(store, rs__client_url(ctx.client), local, remote,
+                                  last ? last->remote : NULL);
+    if (err == 0)
+        err = rs__checkpoint_maybe(&wrote, store, last ? last->remote : NULL,
+                                   ctx.opts.checkpoint_ms ? ctx.opts.checkpoint_ms
+                                                          : RS_CHECKPOINT_DEFAULT_MS);
+    rs__store_read_end(store);
+    if (err < 0 || (!ctx.opts.replay && (err = rs__sync_bootstrap(&ctx.snaps, &reloaded, store,
+                                                                  ctx.client, local, remote)) < 0))
         goto done;
     if (reloaded || wrote) {
         rs_index_free(local);
