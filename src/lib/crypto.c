@@ -31,6 +31,16 @@ static void compute_key_id(uint8_t *out, const uint8_t *key)
                        sizeof(key_id_context) - 1);
 }
 
+/* A key of `len` bytes derived from `master` for `context`, in sodium_malloc memory; NULL when
+ * there is none. */
+static uint8_t *derive(const uint8_t *master, size_t len, const char *context)
+{
+    uint8_t *k = sodium_malloc(len);
+    if (k != NULL)
+        crypto_generichash(k, len, (const uint8_t *)context, strlen(context), master, RS_KEY_BYTES);
+    return k;
+}
+
 int rs__key_from_bytes(rs_key **out, const uint8_t *bytes)
 {
     rs_key *key = rs__calloc(1, sizeof(*key));
@@ -43,20 +53,11 @@ int rs__key_from_bytes(rs_key **out, const uint8_t *bytes)
     }
     memcpy(key->bytes, bytes, RS_KEY_BYTES);
     compute_key_id(key->id, key->bytes);
-    key->chain = sodium_malloc(RS_CHAIN_BYTES);
-    if (key->chain == NULL) {
+    if ((key->chain = derive(key->bytes, RS_CHAIN_BYTES, chain_context)) == NULL ||
+        (key->check = derive(key->bytes, crypto_shorthash_KEYBYTES, check_context)) == NULL) {
         rs__key_free(key);
-        return rs__error(RS_ENOMEM, "out of secure memory for the chain key");
+        return rs__error(RS_ENOMEM, "out of secure memory for the keys derived from a master key");
     }
-    crypto_generichash(key->chain, RS_CHAIN_BYTES, (const uint8_t *)chain_context,
-                       sizeof(chain_context) - 1, key->bytes, RS_KEY_BYTES);
-    key->check = sodium_malloc(crypto_shorthash_KEYBYTES);
-    if (key->check == NULL) {
-        rs__key_free(key);
-        return rs__error(RS_ENOMEM, "out of secure memory for the check key");
-    }
-    crypto_generichash(key->check, crypto_shorthash_KEYBYTES, (const uint8_t *)check_context,
-                       sizeof(check_context) - 1, key->bytes, RS_KEY_BYTES);
     *out = key;
     return 0;
 }

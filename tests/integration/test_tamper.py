@@ -142,15 +142,21 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtur
                        "store-0.1.0")
 
 
+def device_from_fixture(test, name, fixture):
+    """A device whose store is a copy of the committed store `fixture`."""
+    device = Device(test, name, init=False)
+    shutil.copytree(fixture, device.dir)
+    os.chmod(device.dir, 0o700)
+    return device
+
+
 class PreviousReleaseTest(unittest.TestCase):
     """A store made by recsync 0.1.0 (before chains) opens, verifies, keeps
     its state, and new records chain onto its old ones for every device."""
 
     def test_a_store_of_the_previous_release_migrates_to_chains(self):
         server = ServerProcess(self)
-        old = Device(self, "old", init=False)
-        shutil.copytree(FIXTURE, old.dir)
-        os.chmod(old.dir, 0o700)
+        old = device_from_fixture(self, "old", FIXTURE)
         with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
             self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 1)
             self.assertEqual(con.execute("SELECT count(*) FROM records WHERE "
@@ -196,9 +202,7 @@ class SchemaThreeTest(unittest.TestCase):
 
     def test_a_store_without_check_tags_is_checked_by_its_heads(self):
         server = ServerProcess(self)
-        old = Device(self, "s3", init=False)
-        shutil.copytree(FIXTURE_SCHEMA3, old.dir)
-        os.chmod(old.dir, 0o700)
+        old = device_from_fixture(self, "s3", FIXTURE_SCHEMA3)
         with sqlite3.connect(os.path.join(old.dir, "store.db")) as con:
             self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
             cols = [r[1] for r in con.execute("PRAGMA table_info(records)")]
